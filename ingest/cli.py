@@ -1,0 +1,195 @@
+"""The `policyrag` command line (typer + rich). Each stage adds its own sub-commands here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ingest.errors import PolicyRagError
+from ingest.settings import get_settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    name="policyrag",
+    help="Answers questions about a company's own policies: cited, access-controlled.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Offline model provisioning.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+bench_app = typer.Typer(help="Benchmarks, each against its baseline in one run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: PolicyRagError) -> None:
+    err_console.print(f"[bold red]error[/] ({exc.code}): {exc}")
+    raise typer.Exit(2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path | None, typer.Argument(help="folder of policy documents")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="keep following the folder")] = False,
+    default_groups: Annotated[
+        str | None,
+        typer.Option(help="G1,G2: groups for documents that have no `groups` metadata"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Index a folder of policies into the store (only what changed)."""
+    from ingest.pipeline import Ingestor
+
+    settings = get_settings()
+    root = (path or settings.corpus_dir).resolve()
+    groups = [g for g in (default_groups or "").split(",") if g.strip()]
+    try:
+        with Ingestor(settings) as ingestor:
+            if watch:
+                from ingest.watch import watch_folder
+
+                console.print(f"watching [bold]{root}[/] (Ctrl-C to stop)")
+                try:
+                    watch_folder(
+                        ingestor,
+                        root,
+                        lambda r: _print_report(r, as_json),
+                        default_groups=groups,
+                    )
+                except KeyboardInterrupt:
+                    pass
+                return
+            report = _run_with_progress(ingestor, root, groups, quiet=as_json)
+    except PolicyRagError as exc:
+        _fail(exc)
+    _print_report(report, as_json)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _run_with_progress(ingestor, root: Path, groups: list[str], *, quiet: bool):
+    with Progress(
+        TextColumn("[bold]ingest[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("docs"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        disable=quiet or not err_console.is_terminal,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def on_progress(done: int, total: int, doc: str) -> None:
+            bar.update(task, completed=done, total=total or 1, description=doc)
+
+        return ingestor.run(root, default_groups=groups, progress=on_progress)
+
+
+def _print_report(report, as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(report.as_dict()))
+        return
+    table = Table(title="ingest summary", show_header=True)
+    for col in ("added", "updated", "deleted", "superseded", "unchanged", "rejected", "chunks written", "PII redactions", "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(len(report.added)),
+        str(len(report.updated)),
+        str(len(report.deleted)),
+        str(len(report.superseded)),
+        str(len(report.unchanged)),
+        str(len(report.rejected)),
+        str(report.chunks_written),
+        str(report.pii_total),
+        f"{report.seconds:.1f}",
+    )
+    console.print(table)
+    if report.pii_total:
+        pii = Table(title="PII scrubbed per document", show_header=True)
+        pii.add_column("document")
+        pii.add_column("redactions")
+        for doc, counts in sorted(report.pii.items()):
+            if counts:
+                pii.add_row(doc, ", ".join(f"{k} {v}" for k, v in counts.items()))
+        console.print(pii)
+    if report.recovered:
+        console.print(f"[yellow]recovered from an interrupted run:[/] {', '.join(report.recovered)}")
+    if report.rejected:
+        rej = Table(title="rejected files", show_header=True, title_style="bold red")
+        rej.add_column("file")
+        rej.add_column("reason")
+        rej.add_column("what to do")
+        for r in report.rejected:
+            rej.add_row(r.path, r.reason, r.message)
+        err_console.print(rej)
+
+
+@models_app.command("provision")
+def models_provision(
+    force: Annotated[bool, typer.Option(help="convert again even if cached")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check the embedding model and convert the base LM (once) into a safetensors folder."""
+    from dataclasses import asdict
+
+    from ingest.provision import embedding_model_path, provision_base_model
+
+    settings = get_settings()
+    try:
+        emb = embedding_model_path(settings)
+        info = provision_base_model(settings, force=force)
+    except PolicyRagError as exc:
+        _fail(exc)
+    data = {"embedding_model": str(emb), "base_model": asdict(info)}
+    if as_json:
+        console.print_json(json.dumps(data))
+    else:
+        console.print(f"embedding model: {emb}")
+        console.print(f"base model:      {info.path}  (source sha256 {info.source_sha256[:16]}…)")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    docs: Annotated[int, typer.Option(help="synthetic documents")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Full-pipeline throughput, unchanged re-ingest and one-changed-document cost."""
+    from eval.bench_ingest import print_results, run_ingest_benchmark
+
+    results = run_ingest_benchmark(docs=docs, console=err_console)
+    if as_json:
+        console.print_json(json.dumps(results))
+    else:
+        print_results(results, console)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    try:
+        app()
+    except PolicyRagError as exc:
+        err_console.print(f"[bold red]error[/] ({exc.code}): {exc}")
+        sys.exit(2)

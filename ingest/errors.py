@@ -1,0 +1,43 @@
+"""The one exception root of policyrag.
+
+    PolicyRagError
+    ├── ConfigError            a setting or a data file is wrong; the message names it
+    ├── ModelMissingError      a model package or path is not installed / not found
+    ├── DocumentRejected       one input document cannot be ingested (the run goes on)
+    └── StoreError             the vector store failed or is locked by another process
+
+Every message says what was wrong, the offending value, and what to do. Later stages add their
+own subclasses of PolicyRagError next to their code.
+"""
+
+from __future__ import annotations
+
+
+class PolicyRagError(Exception):
+    """Root of every error policyrag raises on purpose."""
+
+    code = "policyrag_error"
+
+
+class ConfigError(PolicyRagError):
+    code = "config_error"
+
+
+class ModelMissingError(PolicyRagError):
+    code = "model_missing"
+
+
+class DocumentRejected(PolicyRagError):
+    """One file cannot be ingested; `reason` is a short machine-readable tag."""
+
+    code = "document_rejected"
+
+    def __init__(self, path: str, reason: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.reason = reason
+        self.message = message
+
+
+class StoreError(PolicyRagError):
+    code = "store_error"

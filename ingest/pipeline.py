@@ -1,0 +1,518 @@
+"""The ingest run: scan a folder, detect changes, scrub, chunk, embed, write store + manifest.
+
+Change detection is keyed by (document id, version) and the content hash of the file (plus its
+sidecar). Unchanged documents cost no parsing and no embedding. For each document id the
+current version is the highest version already in effect (effective_date <= today), or the
+highest version if none is in effect yet; only the current version's chunks are in the store,
+older versions stay in the manifest as `superseded`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ingest.chunking import chunk_document
+from ingest.documents import Chunk, LoadedDocument, PiiReport
+from ingest.embed import DenseEmbedder, SparseEncoder
+from ingest.errors import ConfigError, DocumentRejected
+from ingest.loaders import discover_files, fingerprint, load_document
+from ingest.manifest import JournalEntry, Manifest, ManifestRow
+from ingest.pii import PiiScrubber
+from ingest.settings import Settings
+from retrieval.directory import load_directory
+from retrieval.store import Store, StoredPoint, open_store
+
+logger = logging.getLogger(__name__)
+
+_POINT_NS = uuid.UUID("6f1c2b1e-94a4-4c55-9a51-6a1d1f3f0a11")
+_BATCH_CHUNKS = 256  # chunks embedded and written per store/manifest transaction
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    rejected: list[DocumentRejected] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    pii: dict[str, dict[str, int]] = field(default_factory=dict)
+    embed_calls: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected
+
+    @property
+    def pii_total(self) -> int:
+        return sum(sum(c.values()) for c in self.pii.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "superseded": self.superseded,
+            "unchanged": len(self.unchanged),
+            "rejected": [{"path": r.path, "reason": r.reason, "message": r.message} for r in self.rejected],
+            "skipped": self.skipped,
+            "recovered": self.recovered,
+            "chunks_written": self.chunks_written,
+            "chunks_deleted": self.chunks_deleted,
+            "pii_redactions": self.pii,
+            "embed_calls": self.embed_calls,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Work:
+    """One document id whose store content must change."""
+
+    doc_id: str
+    new: LoadedDocument | None  # None = delete
+    old: ManifestRow | None
+    event: str  # added | updated | deleted | reinstated
+    old_kept: bool  # the old current version's file is still there (-> superseded, not removed)
+
+
+class Ingestor:
+    """Usage: `Ingestor(settings).run(Path("policies"))`. Reuse one Ingestor for many runs
+    (watch mode) so the models load once, and only when there is something to embed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        embedder: DenseEmbedder | None = None,
+        scrubber: PiiScrubber | None = None,
+    ) -> None:
+        from ingest.provision import embedding_model_path
+
+        self.settings = settings
+        self.store = store if store is not None else open_store(settings)
+        self.manifest = Manifest(settings.manifest_path)
+        self.embedder = embedder or DenseEmbedder(
+            embedding_model_path(settings), batch_size=settings.embed_batch_size
+        )
+        self.scrubber = scrubber or PiiScrubber(
+            settings.spacy_model,
+            score_threshold=settings.pii_score_threshold,
+            allow_list=settings.pii_allow_list,
+        )
+        self._sparse: SparseEncoder | None = None
+
+    def close(self) -> None:
+        self.store.close()
+        self.manifest.close()
+
+    def __enter__(self) -> Ingestor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------
+    def run(
+        self,
+        root: Path,
+        *,
+        default_groups: Iterable[str] | None = None,
+        today: dt.date | None = None,
+        progress: ProgressFn | None = None,
+    ) -> IngestReport:
+        started = time.perf_counter()
+        calls_before = self.embedder.calls
+        root = root.resolve()
+        if not root.is_dir():
+            raise ConfigError(f"{root} is not a folder; pass the folder of policy documents")
+        defaults = sorted({g.strip() for g in (default_groups or []) if g.strip()})
+        today = today or dt.date.today()
+        report = IngestReport()
+        report.recovered = self._recover()
+
+        known_groups = None
+        if (root / "directory.yaml").exists():
+            known_groups = load_directory(root / "directory.yaml").known_groups
+        allow_extra = _read_allow_list(root / "pii-allowlist.txt")
+
+        # 1. what is on disk: unchanged files are recognised by hash without parsing
+        candidates, skipped = discover_files(root)
+        report.skipped = [p.relative_to(root).as_posix() for p in skipped]
+        by_path = self.manifest.by_path()
+        present: dict[tuple[str, str], ManifestRow | LoadedDocument] = {}
+        paths_of: dict[tuple[str, str], list[str]] = {}
+        rejected_paths: set[str] = set()
+
+        def load(path: Path) -> LoadedDocument | None:
+            try:
+                return load_document(
+                    path,
+                    root,
+                    max_bytes=self.settings.max_file_bytes,
+                    default_groups=defaults,
+                    known_groups=known_groups,
+                )
+            except DocumentRejected as exc:
+                report.rejected.append(exc)
+                rejected_paths.add(exc.path)
+                return None
+
+        for path in candidates:
+            rel = path.relative_to(root).as_posix()
+            try:
+                digest = fingerprint(path)
+            except OSError as exc:
+                report.rejected.append(DocumentRejected(rel, "unreadable", f"cannot read: {exc}"))
+                rejected_paths.add(rel)
+                continue
+            known = next((r for r in by_path.get(rel, []) if r.content_hash == digest), None)
+            entry: ManifestRow | LoadedDocument | None = known or load(path)
+            if entry is None:
+                continue
+            key = _key(entry)
+            paths_of.setdefault(key, []).append(rel)
+            present[key] = entry
+
+        # 2. the same (id, version) in two files: reject both, touch nothing of that document
+        frozen: set[str] = set()
+        for key, paths in paths_of.items():
+            if len(paths) > 1:
+                for rel in paths:
+                    others = ", ".join(p for p in paths if p != rel)
+                    report.rejected.append(
+                        DocumentRejected(
+                            rel,
+                            "duplicate",
+                            f"document id {key[0]!r} version {key[1]} is also defined in {others}; "
+                            "give each version its own id/version",
+                        )
+                    )
+                    rejected_paths.add(rel)
+                present.pop(key, None)
+                frozen.add(key[0])
+        current_rows = self.manifest.current()
+        for row in self.manifest.rows():
+            if row.path in rejected_paths:
+                frozen.add(row.doc_id)  # a broken edit never removes what was indexed
+
+        # 3. desired state per document id
+        versions: dict[str, list[ManifestRow | LoadedDocument]] = {}
+        for key, entry in present.items():
+            versions.setdefault(key[0], []).append(entry)
+        work: list[_Work] = []
+        not_current: list[ManifestRow | LoadedDocument] = []
+        renamed: list[ManifestRow] = []
+        for doc_id, entries in sorted(versions.items()):
+            if doc_id in frozen:
+                continue
+            winner = _pick_current(entries, today)
+            not_current.extend(e for e in entries if e is not winner)
+            old = current_rows.get(doc_id)
+            if old is not None and (old.version, old.content_hash) == (_key(winner)[1], winner.content_hash):
+                report.unchanged.append(f"{doc_id}@v{old.version}")
+                if winner.path != old.path:  # moved or renamed, same content
+                    renamed.append(replace(old, path=winner.path))
+                continue
+            if isinstance(winner, ManifestRow):  # a known superseded version becomes current
+                loaded = load(root / winner.path)
+                if loaded is None:
+                    continue
+                winner = loaded
+            if old is None:
+                event = "added"
+            elif old.version == winner.meta.version:
+                event = "updated"
+            elif winner.meta.parsed_version > old.meta.parsed_version:
+                event = "added"
+                report.superseded.append(f"{doc_id}@v{old.version}")
+            else:
+                event = "reinstated"  # the newer version's file was removed
+            old_kept = old is not None and (doc_id, old.version) in present
+            work.append(_Work(doc_id, winner, old, event, old_kept))
+        for doc_id, old in sorted(current_rows.items()):
+            if doc_id not in versions and doc_id not in frozen:
+                work.append(_Work(doc_id, None, old, "deleted", False))
+        self._record_superseded(not_current, present, frozen, current_rows, renamed)
+
+        # 4. apply, in batches: scrub -> chunk -> embed -> journal -> store -> manifest
+        total = len(work)
+        done = 0
+        batch: list[tuple[_Work, list[Chunk], PiiReport, LoadedDocument | None]] = []
+        batch_chunks = 0
+        if progress:
+            progress(0, total, "")
+        for item in work:
+            if item.new is None:
+                batch.append((item, [], PiiReport(), None))
+            else:
+                scrubbed, pii = self.scrubber.scrub(item.new.text, extra_allow=allow_extra)
+                doc = replace(item.new, text=scrubbed)
+                chunks = chunk_document(
+                    doc.meta.id,
+                    doc.meta.version,
+                    doc.meta.title,
+                    doc.text,
+                    max_chars=self.settings.chunk_max_chars,
+                )
+                batch.append((item, chunks, pii, doc))
+                batch_chunks += len(chunks)
+            if batch_chunks >= _BATCH_CHUNKS:
+                done += len(batch)
+                self._apply(batch, report)
+                batch, batch_chunks = [], 0
+                if progress:
+                    progress(done, total, item.doc_id)
+        if batch:
+            done += len(batch)
+            self._apply(batch, report)
+            if progress:
+                progress(done, total, "")
+        self.store.flush()
+        report.embed_calls = self.embedder.calls - calls_before
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # ------------------------------------------------------------------------------------------
+    def _recover(self) -> list[str]:
+        """Undo what a killed run left half-done (see ingest.manifest)."""
+        recovered = []
+        for entry in self.manifest.journal():
+            self.store.delete(list(set(entry.old_ids) | set(entry.new_ids)))
+            self.store.flush()
+            self.manifest.drop_current(entry.doc_id)
+            self.manifest.commit_changes(
+                events=[(entry.doc_id, "*", "recovered", None, None)],
+                journal_done=[entry.doc_id],
+            )
+            recovered.append(entry.doc_id)
+            logger.warning("recovered %s from an interrupted run; it is re-ingested", entry.doc_id)
+        return recovered
+
+    def _record_superseded(
+        self,
+        not_current: list[ManifestRow | LoadedDocument],
+        present: dict[tuple[str, str], ManifestRow | LoadedDocument],
+        frozen: set[str],
+        current_rows: dict[str, ManifestRow],
+        renamed: list[ManifestRow],
+    ) -> None:
+        """Superseded versions live in the manifest only: record the ones on disk, forget the
+        ones whose file is gone. A current row turns superseded in `_apply`, together with the
+        store change that removes its chunks."""
+        existing = {(r.doc_id, r.version): r for r in self.manifest.rows("superseded")}
+        upserts = []
+        for entry in not_current:
+            row = _superseded_row(entry)
+            key = (row.doc_id, row.version)
+            cur = current_rows.get(row.doc_id)
+            if cur is not None and cur.version == row.version:
+                continue
+            if key not in existing or (existing[key].content_hash, existing[key].path) != (
+                row.content_hash,
+                row.path,
+            ):
+                upserts.append(row)
+        removals = [k for k in existing if k not in present and k[0] not in frozen]
+        events = [(r.doc_id, r.version, "superseded", r.path, r.content_hash) for r in upserts]
+        events += [(d, v, "removed", existing[(d, v)].path, None) for d, v in removals]
+        events += [(r.doc_id, r.version, "moved", r.path, r.content_hash) for r in renamed]
+        if upserts or removals or renamed:
+            self.manifest.commit_changes(
+                upserts=[*upserts, *renamed], removals=removals, events=events
+            )
+
+    def _apply(
+        self,
+        batch: list[tuple[_Work, list[Chunk], PiiReport, LoadedDocument | None]],
+        report: IngestReport,
+    ) -> None:
+        if self._sparse is None:
+            self._sparse = SparseEncoder()
+        texts = [
+            _embedding_text(doc, chunk) for _, chunks, _, doc in batch if doc for chunk in chunks
+        ]
+        dense = iter(self.embedder.embed(texts))
+        points: list[StoredPoint] = []
+        journal: list[JournalEntry] = []
+        new_rows: list[ManifestRow] = []
+        removals: list[tuple[str, str]] = []
+        events = []
+        old_ids: list[str] = []
+        for item, chunks, pii, doc in batch:
+            doc_points = []
+            if doc is not None:
+                for chunk in chunks:
+                    text = _embedding_text(doc, chunk)
+                    doc_points.append(
+                        StoredPoint(
+                            id=_point_id(doc, chunk),
+                            dense=next(dense),
+                            sparse=self._sparse.document(text),
+                            payload=_payload(doc, chunk),
+                        )
+                    )
+                new_rows.append(
+                    ManifestRow(
+                        doc_id=doc.meta.id,
+                        version=doc.meta.version,
+                        status="current",
+                        path=doc.path,
+                        content_hash=doc.content_hash,
+                        default_groups=",".join(doc.meta.groups) if doc.default_groups_applied else None,
+                        meta=doc.meta,
+                        point_ids=tuple(p.id for p in doc_points),
+                        pii=pii.counts,
+                    )
+                )
+                events.append((doc.meta.id, doc.meta.version, item.event, doc.path, doc.content_hash))
+                report.pii[f"{doc.meta.id}@v{doc.meta.version}"] = pii.counts
+            old = item.old
+            if old is not None:
+                old_ids.extend(old.point_ids)
+                if item.new is None or old.version != item.new.meta.version:
+                    if item.old_kept:  # superseded by a newer version (or a reinstated older one)
+                        new_rows.append(_as_superseded(old))
+                        events.append(
+                            (old.doc_id, old.version, "superseded", old.path, old.content_hash)
+                        )
+                    else:
+                        removals.append((old.doc_id, old.version))
+                        events.append((old.doc_id, old.version, "deleted", old.path, None))
+            journal.append(
+                JournalEntry(
+                    item.doc_id,
+                    item.old.point_ids if item.old else (),
+                    tuple(p.id for p in doc_points),
+                )
+            )
+            points.extend(doc_points)
+            label = f"{item.doc_id}@v{doc.meta.version if doc else old.version}"
+            if item.event == "added":
+                report.added.append(label)
+            elif item.event == "deleted":
+                report.deleted.append(label)
+            else:
+                report.updated.append(label)
+
+        self.manifest.begin_journal(journal)
+        _fault_point("after_journal")
+        self.store.upsert(points)
+        _fault_point("after_upsert")
+        self.store.delete(old_ids)
+        _fault_point("after_delete")
+        self.manifest.commit_changes(
+            upserts=new_rows,
+            removals=removals,
+            events=events,
+            journal_done=[j.doc_id for j in journal],
+        )
+        report.chunks_written += len(points)
+        report.chunks_deleted += len(old_ids)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _key(entry: ManifestRow | LoadedDocument) -> tuple[str, str]:
+    if isinstance(entry, ManifestRow):
+        return entry.doc_id, entry.version
+    return entry.meta.id, entry.meta.version
+
+
+def _pick_current(entries: list[ManifestRow | LoadedDocument], today: dt.date):
+    effective = [e for e in entries if e.meta.effective_date <= today]
+    pool = effective or entries
+    return max(pool, key=lambda e: e.meta.parsed_version)
+
+
+def _superseded_row(entry: ManifestRow | LoadedDocument) -> ManifestRow:
+    if isinstance(entry, ManifestRow):
+        return _as_superseded(entry)
+    return ManifestRow(
+        doc_id=entry.meta.id,
+        version=entry.meta.version,
+        status="superseded",
+        path=entry.path,
+        content_hash=entry.content_hash,
+        default_groups=",".join(entry.meta.groups) if entry.default_groups_applied else None,
+        meta=entry.meta,
+        point_ids=(),
+        pii={},
+    )
+
+
+def _as_superseded(row: ManifestRow) -> ManifestRow:
+    return replace(row, status="superseded", point_ids=())
+
+
+def _embedding_text(doc: LoadedDocument, chunk: Chunk) -> str:
+    # title and section path make short chunks findable ("carry-over" under "4. Leave")
+    return f"{doc.meta.title}\n{' > '.join(chunk.section_path)}\n{chunk.text}"
+
+
+def _point_id(doc: LoadedDocument, chunk: Chunk) -> str:
+    # the content hash is part of the id, so a changed document never reuses an old point id and
+    # "write new, then delete old" can never delete what it just wrote
+    return str(uuid.uuid5(_POINT_NS, f"{chunk.citation_id}|{doc.content_hash}|{chunk.text_hash}"))
+
+
+def _payload(doc: LoadedDocument, chunk: Chunk) -> dict:
+    meta = doc.meta
+    return {
+        "doc_id": meta.id,
+        "version": meta.version,
+        "title": meta.title,
+        "effective_date": meta.effective_date.isoformat(),
+        "owner": meta.owner,
+        "source": doc.path,
+        "section": list(chunk.section_path),
+        "section_path": " › ".join(chunk.section_path),
+        "chunk_index": chunk.index,
+        "citation_id": chunk.citation_id,
+        "text": chunk.text,
+        "start": chunk.start,
+        "end": chunk.end,
+        "groups": list(meta.groups),
+        "region": meta.region,
+        "content_hash": doc.content_hash,
+        "chunk_hash": chunk.text_hash,
+    }
+
+
+def _read_allow_list(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def _fault_point(name: str) -> None:
+    """Test-only fault injection: POLICYRAG_FAULT_INJECT=after_upsert:2 kills the process hard
+    at the 2nd time this point is reached, as a crash or `kill -9` would."""
+    spec = os.environ.get("POLICYRAG_FAULT_INJECT")
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    counter = f"_POLICYRAG_FAULT_{name}"
+    seen = int(os.environ.get(counter, "0")) + 1
+    os.environ[counter] = str(seen)
+    if seen >= int(nth or 1):
+        os._exit(137)

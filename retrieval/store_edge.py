@@ -1,0 +1,113 @@
+"""Qdrant Edge backend: the Qdrant engine in-process, persisted (with a WAL) under one folder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from qdrant_edge import (
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeSparseVectorParams,
+    EdgeVectorParams,
+    Modifier,
+    PayloadSchemaType,
+    Point,
+    ScrollRequest,
+    UpdateOperation,
+)
+from qdrant_edge import SparseVector as EdgeSparse
+
+from ingest.errors import StoreError
+from retrieval.store import DENSE, DENSE_DIM, INDEXED_FIELDS, SPARSE, StoredPoint
+
+logger = logging.getLogger(__name__)
+
+
+class EdgeStore:
+    """Usage: `store = EdgeStore(Path("data/index/policies")); store.upsert(points)`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            if (path / "segments").exists():
+                self.shard = EdgeShard.load(str(path))
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                self.shard = EdgeShard.create(str(path), _config())
+        except Exception as exc:  # the binding raises plain exceptions
+            if "WouldBlock" in str(exc):
+                raise StoreError(
+                    f"the index at {path} is open in another policyrag process (ingest --watch or "
+                    "serve?); stop it, or use another POLICYRAG_DATA_DIR"
+                ) from exc
+            raise StoreError(f"cannot open the Qdrant Edge index at {path}: {exc}") from exc
+        # keyword indexes on every field the access filter uses, before any data goes in
+        present = self.indexed_fields()
+        for name in INDEXED_FIELDS:
+            if name not in present:
+                self.shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
+
+    def upsert(self, points: Sequence[StoredPoint]) -> None:
+        if not points:
+            return
+        self.shard.update(
+            UpdateOperation.upsert_points(
+                [
+                    Point(
+                        id=p.id,
+                        vector={
+                            DENSE: p.dense,
+                            SPARSE: EdgeSparse(list(p.sparse.indices), list(p.sparse.values)),
+                        },
+                        payload=p.payload,
+                    )
+                    for p in points
+                ]
+            )
+        )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.shard.update(UpdateOperation.delete_points(list(ids)))
+
+    def scroll(self, fields: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
+        offset = None
+        while True:
+            records, offset = self.shard.scroll(
+                ScrollRequest(
+                    offset=offset,
+                    limit=1000,
+                    with_payload=list(fields) if fields else False,
+                    with_vector=False,
+                )
+            )
+            for record in records:
+                yield str(record.id), dict(record.payload or {})
+            if offset is None:
+                return
+
+    def count(self) -> int:
+        return self.shard.info().points_count
+
+    def indexed_fields(self) -> set[str]:
+        return set(self.shard.info().payload_schema)
+
+    def flush(self) -> None:
+        self.shard.flush()
+
+    def close(self) -> None:
+        if getattr(self, "shard", None) is not None:
+            self.shard.flush()
+            self.shard.close()
+            self.shard = None
+
+
+def _config() -> EdgeConfig:
+    return EdgeConfig(
+        vectors={DENSE: EdgeVectorParams(size=DENSE_DIM, distance=Distance.Cosine)},
+        sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+    )

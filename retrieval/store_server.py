@@ -1,0 +1,100 @@
+"""Qdrant server / distributed cluster backend through qdrant-client (`:memory:` = in-process)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+
+from ingest.errors import StoreError
+from retrieval.store import DENSE, DENSE_DIM, INDEXED_FIELDS, SPARSE, StoredPoint
+
+
+class ServerStore:
+    """Usage: `ServerStore("http://localhost:6333", "policies")` or `ServerStore(":memory:", ...)`."""
+
+    def __init__(self, url: str, collection: str, *, api_key: str | None = None) -> None:
+        self.collection = collection
+        try:
+            if url == ":memory:":
+                self.client = QdrantClient(location=":memory:")
+            else:
+                self.client = QdrantClient(url=url, api_key=api_key, timeout=30)
+            if not self.client.collection_exists(collection):
+                self.client.create_collection(
+                    collection,
+                    vectors_config={
+                        DENSE: models.VectorParams(size=DENSE_DIM, distance=models.Distance.COSINE)
+                    },
+                    sparse_vectors_config={
+                        SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                    },
+                )
+            present = self.indexed_fields()
+            for name in INDEXED_FIELDS:
+                if name not in present:
+                    self.client.create_payload_index(
+                        collection, name, models.PayloadSchemaType.KEYWORD, wait=True
+                    )
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"cannot reach the Qdrant store at {url} (collection {collection!r}): {exc}; "
+                "check POLICYRAG_STORE_URL"
+            ) from exc
+
+    def upsert(self, points: Sequence[StoredPoint]) -> None:
+        if not points:
+            return
+        self.client.upsert(
+            self.collection,
+            points=[
+                models.PointStruct(
+                    id=p.id,
+                    vector={
+                        DENSE: p.dense,
+                        SPARSE: models.SparseVector(
+                            indices=list(p.sparse.indices), values=list(p.sparse.values)
+                        ),
+                    },
+                    payload=p.payload,
+                )
+                for p in points
+            ],
+            wait=True,
+        )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.client.delete(
+                self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True
+            )
+
+    def scroll(self, fields: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
+        offset = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection,
+                offset=offset,
+                limit=1000,
+                with_payload=list(fields) if fields else False,
+                with_vectors=False,
+            )
+            for record in records:
+                yield str(record.id), dict(record.payload or {})
+            if offset is None:
+                return
+
+    def count(self) -> int:
+        return self.client.count(self.collection, exact=True).count
+
+    def indexed_fields(self) -> set[str]:
+        return set(self.client.get_collection(self.collection).payload_schema or {})
+
+    def flush(self) -> None:
+        """Server writes are acknowledged with wait=True; nothing to flush."""
+
+    def close(self) -> None:
+        self.client.close()
