@@ -247,7 +247,9 @@ class Ingestor:
         for doc_id, old in sorted(current_rows.items()):
             if doc_id not in versions and doc_id not in frozen:
                 work.append(_Work(doc_id, None, old, "deleted", False))
-        self._record_superseded(not_current, present, frozen, current_rows, renamed)
+        report.superseded += self._record_superseded(
+            not_current, present, frozen, current_rows, renamed
+        )
 
         # 4. apply, in batches: scrub -> chunk -> embed -> journal -> store -> manifest
         total = len(work)
@@ -310,7 +312,7 @@ class Ingestor:
         frozen: set[str],
         current_rows: dict[str, ManifestRow],
         renamed: list[ManifestRow],
-    ) -> None:
+    ) -> list[str]:
         """Superseded versions live in the manifest only: record the ones on disk, forget the
         ones whose file is gone. A current row turns superseded in `_apply`, together with the
         store change that removes its chunks."""
@@ -335,6 +337,7 @@ class Ingestor:
             self.manifest.commit_changes(
                 upserts=[*upserts, *renamed], removals=removals, events=events
             )
+        return [f"{r.doc_id}@v{r.version}" for r in upserts if (r.doc_id, r.version) not in existing]
 
     def _apply(
         self,

