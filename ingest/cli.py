@@ -37,7 +37,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(exc: PolicyRagError) -> None:
-    err_console.print(f"[bold red]error[/] ({exc.code}): {exc}")
+    err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -146,6 +146,8 @@ def _print_report(report, as_json: bool) -> None:
         for r in report.rejected:
             rej.add_row(r.path, r.reason, r.message)
         err_console.print(rej)
+        for r in report.rejected:  # one plain line each, for logs and grep
+            err_console.print(f"rejected {r.path} ({r.reason}): {r.message}", soft_wrap=True, markup=False)
 
 
 @models_app.command("provision")
@@ -191,5 +193,5 @@ def main() -> None:  # pragma: no cover - console entry
     try:
         app()
     except PolicyRagError as exc:
-        err_console.print(f"[bold red]error[/] ({exc.code}): {exc}")
+        err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", soft_wrap=True)
         sys.exit(2)

@@ -90,8 +90,8 @@ def looks_like_person_name(span: str) -> bool:
     the first a known first name. The small spaCy model tags many policy headings and terms
     ("Screen lock", "LTIP", "Gifts and Hospitality") as PERSON; scrubbing those would damage
     the corpus, while real names in policies almost always come as first + last name."""
-    tokens = span.split()
-    if not 2 <= len(tokens) <= 4 or not all(_NAME_TOKEN.match(t) for t in tokens):
+    tokens = span.split(" ")
+    if "\n" in span or not 2 <= len(tokens) <= 4 or not all(_NAME_TOKEN.match(t) for t in tokens):
         return False
     return _first_names().get_gender(tokens[0]) != "unknown"
 

@@ -271,6 +271,13 @@ class Ingestor:
                     doc.text,
                     max_chars=self.settings.chunk_max_chars,
                 )
+                if not chunks:  # e.g. only headings: refuse rather than index an empty document
+                    report.rejected.append(
+                        DocumentRejected(
+                            doc.path, "no_text", "no indexable text (only headings?); add content"
+                        )
+                    )
+                    continue
                 batch.append((item, chunks, pii, doc))
                 batch_chunks += len(chunks)
             if batch_chunks >= _BATCH_CHUNKS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,11 +33,14 @@ class ServerStore:
                     },
                 )
             present = self.indexed_fields()
-            for name in INDEXED_FIELDS:
-                if name not in present:
-                    self.client.create_payload_index(
-                        collection, name, models.PayloadSchemaType.KEYWORD, wait=True
-                    )
+            with warnings.catch_warnings():
+                # in-process mode warns that it keeps no indexes; a real server builds them
+                warnings.simplefilter("ignore", UserWarning)
+                for name in INDEXED_FIELDS:
+                    if name not in present:
+                        self.client.create_payload_index(
+                            collection, name, models.PayloadSchemaType.KEYWORD, wait=True
+                        )
         except StoreError:
             raise
         except Exception as exc:

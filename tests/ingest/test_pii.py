@@ -41,3 +41,8 @@ def test_allow_list_keeps_functional_contacts(scrubber):
 ])
 def test_person_name_shape(span, expected):
     assert looks_like_person_name(span) is expected
+
+
+def test_a_name_never_spans_lines(scrubber):
+    text = "## 1. Carry\n\nCarry over 8 days."
+    assert scrubber.scrub(text)[0] == text

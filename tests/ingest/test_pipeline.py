@@ -228,3 +228,11 @@ def test_manifest_records_history_events(tmp_path, make_ingestor):
     ing.run(root)
     events = [(h["doc_id"], h["event"]) for h in Manifest(ing.settings.manifest_path).history()]
     assert ("conduct", "added") in events and ("pay-bands", "added") in events
+
+
+def test_document_with_only_headings_is_rejected(tmp_path, make_ingestor):
+    root = small_corpus(tmp_path / "docs")
+    write_policy(root, "hollow.md", doc_id="hollow", body="## 1. Scope\n\n## 2. Rules")
+    report = make_ingestor().run(root)
+    assert [(r.path, r.reason) for r in report.rejected] == [("hollow.md", "no_text")]
+    assert "hollow@v1" not in report.added
