@@ -127,7 +127,15 @@ def _build_engines(spacy_model: str):
         )
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # unmapped-label chatter
     nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}])
-    nlp_engine.load()
+    # Only the NER component is needed (it has its own tok2vec in the small English model);
+    # leaving out tagger, parser and lemmatizer makes scrubbing ~2x faster with the same
+    # entities. Presidio's context words then match surface forms instead of lemmas.
+    nlp_engine.nlp = {
+        "en": spacy.load(
+            spacy_model,
+            exclude=["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"],
+        )
+    }
     registry = RecognizerRegistry(supported_languages=["en"])
     for recognizer in (
         EmailRecognizer(),

@@ -50,7 +50,12 @@ class IngestReport:
     chunks_deleted: int = 0
     pii: dict[str, dict[str, int]] = field(default_factory=dict)
     embed_calls: int = 0
+    texts_embedded: int = 0
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, stage: str, started: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - started
 
     @property
     def ok(self) -> bool:
@@ -74,7 +79,9 @@ class IngestReport:
             "chunks_deleted": self.chunks_deleted,
             "pii_redactions": self.pii,
             "embed_calls": self.embed_calls,
+            "texts_embedded": self.texts_embedded,
             "seconds": round(self.seconds, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())},
         }
 
 
@@ -107,7 +114,9 @@ class Ingestor:
         self.store = store if store is not None else open_store(settings)
         self.manifest = Manifest(settings.manifest_path)
         self.embedder = embedder or DenseEmbedder(
-            embedding_model_path(settings), batch_size=settings.embed_batch_size
+            embedding_model_path(settings),
+            batch_size=settings.embed_batch_size,
+            dtype=settings.embedding_dtype,
         )
         self.scrubber = scrubber or PiiScrubber(
             settings.spacy_model,
@@ -136,7 +145,7 @@ class Ingestor:
         progress: ProgressFn | None = None,
     ) -> IngestReport:
         started = time.perf_counter()
-        calls_before = self.embedder.calls
+        calls_before, texts_before = self.embedder.calls, self.embedder.texts_embedded
         root = root.resolve()
         if not root.is_dir():
             raise ConfigError(f"{root} is not a folder; pass the folder of policy documents")
@@ -159,6 +168,7 @@ class Ingestor:
         rejected_paths: set[str] = set()
 
         def load(path: Path) -> LoadedDocument | None:
+            t0 = time.perf_counter()
             try:
                 return load_document(
                     path,
@@ -171,6 +181,8 @@ class Ingestor:
                 report.rejected.append(exc)
                 rejected_paths.add(exc.path)
                 return None
+            finally:
+                report.timed("load", t0)
 
         for path in candidates:
             rel = path.relative_to(root).as_posix()
@@ -262,8 +274,11 @@ class Ingestor:
             if item.new is None:
                 batch.append((item, [], PiiReport(), None))
             else:
+                t0 = time.perf_counter()
                 scrubbed, pii = self.scrubber.scrub(item.new.text, extra_allow=allow_extra)
+                report.timed("pii", t0)
                 doc = replace(item.new, text=scrubbed)
+                t0 = time.perf_counter()
                 chunks = chunk_document(
                     doc.meta.id,
                     doc.meta.version,
@@ -271,6 +286,7 @@ class Ingestor:
                     doc.text,
                     max_chars=self.settings.chunk_max_chars,
                 )
+                report.timed("chunk", t0)
                 if not chunks:  # e.g. only headings: refuse rather than index an empty document
                     report.rejected.append(
                         DocumentRejected(
@@ -293,6 +309,7 @@ class Ingestor:
                 progress(done, total, "")
         self.store.flush()
         report.embed_calls = self.embedder.calls - calls_before
+        report.texts_embedded = self.embedder.texts_embedded - texts_before
         report.seconds = time.perf_counter() - started
         return report
 
@@ -356,7 +373,10 @@ class Ingestor:
         texts = [
             _embedding_text(doc, chunk) for _, chunks, _, doc in batch if doc for chunk in chunks
         ]
+        t0 = time.perf_counter()
         dense = iter(self.embedder.embed(texts))
+        report.timed("embed_dense", t0)
+        t0 = time.perf_counter()
         points: list[StoredPoint] = []
         journal: list[JournalEntry] = []
         new_rows: list[ManifestRow] = []
@@ -419,6 +439,8 @@ class Ingestor:
             else:
                 report.updated.append(label)
 
+        report.timed("embed_sparse", t0)
+        t0 = time.perf_counter()
         self.manifest.begin_journal(journal)
         _fault_point("after_journal")
         self.store.upsert(points)
@@ -431,6 +453,7 @@ class Ingestor:
             events=events,
             journal_done=[j.doc_id for j in journal],
         )
+        report.timed("store", t0)
         report.chunks_written += len(points)
         report.chunks_deleted += len(old_ids)
 

