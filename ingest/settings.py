@@ -46,6 +46,14 @@ class Settings(BaseSettings):
         default_factory=list, description="strings never scrubbed (functional mailboxes, hotlines)"
     )
 
+    # retrieval
+    retrieval_score_floor: float = Field(
+        0.3, ge=-1.0, le=1.0, description="minimum dense cosine of a returned passage"
+    )
+    retrieval_mmr_lambda: float | None = Field(
+        None, ge=0.0, le=1.0, description="set (e.g. 0.7) to re-rank by maximal marginal relevance"
+    )
+
     @field_validator("data_dir", "corpus_dir", "directory_file", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from ingest.embed import DENSE_DIM, SparseVector
 from ingest.settings import Settings
+from retrieval.acl import StoreFilter
 
 DENSE = "dense"
 SPARSE = "sparse"
@@ -44,6 +45,35 @@ PAYLOAD_FIELDS = (
 
 
 @dataclass(frozen=True)
+class StoreQuery:
+    """One search. `filter` is mandatory: it is the access filter (plus narrowing) and every
+    backend applies it inside the query and in each prefetch. Dense + sparse = hybrid (RRF)."""
+
+    filter: StoreFilter
+    limit: int
+    dense: list[float] | None = None
+    sparse: SparseVector | None = None
+    candidates: int = 50  # per-prefetch depth of a hybrid query
+    rrf_k: int = 60
+    exact: bool = False  # brute force (benchmarks' reference)
+    with_dense: bool = False  # return the dense vectors (for the score floor and MMR)
+
+    def __post_init__(self) -> None:
+        if self.dense is None and self.sparse is None:
+            raise ValueError("StoreQuery needs a dense vector, a sparse vector, or both")
+        if self.limit < 1:
+            raise ValueError(f"StoreQuery.limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    id: str
+    score: float
+    payload: dict[str, Any]
+    dense: list[float] | None = None
+
+
+@dataclass(frozen=True)
 class StoredPoint:
     id: str
     dense: list[float]
@@ -62,6 +92,8 @@ class Store(Protocol):
     def scroll(self, fields: Sequence[str] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every point id with the requested payload fields (for audits and consistency)."""
         ...
+
+    def query(self, request: StoreQuery) -> list[ScoredChunk]: ...
 
     def count(self) -> int: ...
 
@@ -82,4 +114,13 @@ def open_store(settings: Settings) -> Store:
     return EdgeStore(settings.index_dir / settings.collection)
 
 
-__all__ = ["DENSE", "DENSE_DIM", "SPARSE", "Store", "StoredPoint", "open_store"]
+__all__ = [
+    "DENSE",
+    "DENSE_DIM",
+    "SPARSE",
+    "ScoredChunk",
+    "Store",
+    "StoreQuery",
+    "StoredPoint",
+    "open_store",
+]

@@ -13,16 +13,33 @@ from qdrant_edge import (
     EdgeShard,
     EdgeSparseVectorParams,
     EdgeVectorParams,
+    FieldCondition,
+    Filter,
+    Fusion,
+    MatchAny,
     Modifier,
     PayloadSchemaType,
     Point,
+    Prefetch,
+    Query,
+    QueryRequest,
     ScrollRequest,
+    SearchParams,
     UpdateOperation,
 )
 from qdrant_edge import SparseVector as EdgeSparse
 
 from ingest.errors import StoreError
-from retrieval.store import DENSE, DENSE_DIM, INDEXED_FIELDS, SPARSE, StoredPoint
+from retrieval.acl import StoreFilter
+from retrieval.store import (
+    DENSE,
+    DENSE_DIM,
+    INDEXED_FIELDS,
+    SPARSE,
+    ScoredChunk,
+    StoredPoint,
+    StoreQuery,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +107,49 @@ class EdgeStore:
             if offset is None:
                 return
 
+    def query(self, request: StoreQuery) -> list[ScoredChunk]:
+        acl = to_edge_filter(request.filter)
+        params = SearchParams(exact=request.exact)
+        dense = Query.Nearest(request.dense, using=DENSE) if request.dense is not None else None
+        sparse = (
+            Query.Nearest(
+                EdgeSparse(list(request.sparse.indices), list(request.sparse.values)), using=SPARSE
+            )
+            if request.sparse is not None
+            else None
+        )
+        with_vector = [DENSE] if request.with_dense else False
+        if dense is not None and sparse is not None:
+            query = QueryRequest(
+                limit=request.limit,
+                prefetches=[
+                    Prefetch(limit=request.candidates, query=q, filter=acl, params=params)
+                    for q in (dense, sparse)
+                ],
+                query=Fusion.Rrf(k=request.rrf_k),
+                filter=acl,
+                with_payload=True,
+                with_vector=with_vector,
+            )
+        else:
+            query = QueryRequest(
+                limit=request.limit,
+                query=dense or sparse,
+                filter=acl,
+                params=params,
+                with_payload=True,
+                with_vector=with_vector,
+            )
+        return [
+            ScoredChunk(
+                id=str(p.id),
+                score=p.score,
+                payload=dict(p.payload or {}),
+                dense=_dense_of(p.vector) if request.with_dense else None,
+            )
+            for p in self.shard.query(query)
+        ]
+
     def count(self) -> int:
         return self.shard.info().points_count
 
@@ -104,6 +164,21 @@ class EdgeStore:
             self.shard.flush()
             self.shard.close()
             self.shard = None
+
+
+def to_edge_filter(store_filter: StoreFilter) -> Filter:
+    return Filter(
+        must=[
+            FieldCondition(key=c.key, match=MatchAny(any=list(c.values))) for c in store_filter.must
+        ]
+    )
+
+
+def _dense_of(vector) -> list[float] | None:
+    if isinstance(vector, dict):
+        value = vector.get(DENSE)
+        return list(value) if value is not None else None
+    return None
 
 
 def _config() -> EdgeConfig:

@@ -9,7 +9,25 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from ingest.errors import StoreError
-from retrieval.store import DENSE, DENSE_DIM, INDEXED_FIELDS, SPARSE, StoredPoint
+from retrieval.acl import StoreFilter
+from retrieval.store import (
+    DENSE,
+    DENSE_DIM,
+    INDEXED_FIELDS,
+    SPARSE,
+    ScoredChunk,
+    StoredPoint,
+    StoreQuery,
+)
+
+
+def to_qdrant_filter(store_filter: StoreFilter) -> models.Filter:
+    return models.Filter(
+        must=[
+            models.FieldCondition(key=c.key, match=models.MatchAny(any=list(c.values)))
+            for c in store_filter.must
+        ]
+    )
 
 
 class ServerStore:
@@ -90,6 +108,55 @@ class ServerStore:
                 yield str(record.id), dict(record.payload or {})
             if offset is None:
                 return
+
+    def query(self, request: StoreQuery) -> list[ScoredChunk]:
+        acl = to_qdrant_filter(request.filter)
+        params = models.SearchParams(exact=request.exact)
+        sparse = (
+            models.SparseVector(
+                indices=list(request.sparse.indices), values=list(request.sparse.values)
+            )
+            if request.sparse is not None
+            else None
+        )
+        with_vectors = [DENSE] if request.with_dense else False
+        if request.dense is not None and sparse is not None:
+            result = self.client.query_points(
+                self.collection,
+                prefetch=[
+                    models.Prefetch(
+                        query=request.dense, using=DENSE, filter=acl, limit=request.candidates, params=params
+                    ),
+                    models.Prefetch(
+                        query=sparse, using=SPARSE, filter=acl, limit=request.candidates, params=params
+                    ),
+                ],
+                query=models.RrfQuery(rrf=models.Rrf(k=request.rrf_k)),
+                query_filter=acl,
+                limit=request.limit,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        else:
+            result = self.client.query_points(
+                self.collection,
+                query=request.dense if request.dense is not None else sparse,
+                using=DENSE if request.dense is not None else SPARSE,
+                query_filter=acl,
+                search_params=params,
+                limit=request.limit,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        return [
+            ScoredChunk(
+                id=str(p.id),
+                score=p.score,
+                payload=dict(p.payload or {}),
+                dense=list(p.vector[DENSE]) if request.with_dense and p.vector else None,
+            )
+            for p in result.points
+        ]
 
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count

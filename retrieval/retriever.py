@@ -1,0 +1,181 @@
+"""`Retriever.search(query, principal, k)`: only what the principal may read, hybrid, cited.
+
+Usage:
+    retriever = Retriever.from_settings(get_settings())
+    for passage in retriever.search("How many days can I carry over?", "alice", k=5):
+        print(passage.citation_id, passage.section_path, passage.score)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from ingest.embed import DenseEmbedder, SparseEncoder
+from ingest.errors import ConfigError
+from ingest.settings import Settings
+from retrieval.acl import Principal, SearchFilters, build_acl_filter, resolve_principal
+from retrieval.directory import Directory, load_directory
+from retrieval.store import ScoredChunk, Store, StoreQuery, open_store
+
+SearchMode = Literal["hybrid", "dense", "sparse"]
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk with everything needed to cite it."""
+
+    citation_id: str  # doc_id@v<version>#c<chunk index>, stable
+    doc_id: str
+    version: str
+    title: str
+    section_path: tuple[str, ...]
+    text: str
+    score: float  # the fused (RRF) score in hybrid mode, else the vector similarity
+    relevance: float | None  # dense cosine to the query (the score floor applies to it)
+    start: int
+    end: int
+    source: str
+    effective_date: dt.date
+
+    @property
+    def label(self) -> str:
+        """'Annual Leave Policy (UK) v3 › 4. Carry-over › 4.2 Carry-over limits'"""
+        return " › ".join((f"{self.title} v{self.version}", *self.section_path))
+
+
+class Retriever:
+    """Searches the store for one principal at a time; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: DenseEmbedder,
+        directory: Directory,
+        *,
+        sparse: SparseEncoder | None = None,
+        score_floor: float = 0.3,
+        candidates: int = 50,
+        duplicate_threshold: float = 0.97,
+        mmr_lambda: float | None = None,
+    ) -> None:
+        if not -1.0 <= score_floor <= 1.0:
+            raise ConfigError(f"score_floor must be a cosine in [-1, 1], got {score_floor}")
+        if mmr_lambda is not None and not 0.0 <= mmr_lambda <= 1.0:
+            raise ConfigError(f"mmr_lambda must be in [0, 1] or None, got {mmr_lambda}")
+        self.store = store
+        self.embedder = embedder
+        self.directory = directory
+        self.sparse = sparse or SparseEncoder()
+        self.score_floor = score_floor
+        self.candidates = candidates
+        self.duplicate_threshold = duplicate_threshold
+        self.mmr_lambda = mmr_lambda
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, store: Store | None = None, embedder=None) -> Retriever:
+        from ingest.provision import embedding_model_path
+
+        return cls(
+            store or open_store(settings),
+            embedder
+            or DenseEmbedder(embedding_model_path(settings), dtype=settings.embedding_dtype),
+            load_directory(settings.directory_file),
+            score_floor=settings.retrieval_score_floor,
+            mmr_lambda=settings.retrieval_mmr_lambda,
+        )
+
+    def principal(self, user: str | Principal) -> Principal:
+        return user if isinstance(user, Principal) else resolve_principal(self.directory, user)
+
+    def search(
+        self,
+        query: str,
+        principal: str | Principal,
+        k: int = 5,
+        filters: SearchFilters | None = None,
+        *,
+        mode: SearchMode = "hybrid",
+    ) -> list[Passage]:
+        who = self.principal(principal)  # unknown user / no groups raise before any search
+        if not query.strip():
+            raise ConfigError("the query is empty; ask a question")
+        dense = self.embedder.embed([query])[0] if mode in ("hybrid", "dense") else None
+        sparse = self.sparse.query(query) if mode in ("hybrid", "sparse") else None
+        return self.search_vectors(dense, sparse, who, k, filters)
+
+    def search_vectors(
+        self,
+        dense: list[float] | None,
+        sparse,
+        principal: Principal,
+        k: int = 5,
+        filters: SearchFilters | None = None,
+    ) -> list[Passage]:
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        request = StoreQuery(
+            filter=build_acl_filter(principal, filters),
+            limit=max(k * 3, k + 10),  # headroom for the floor, duplicates and MMR
+            dense=dense,
+            sparse=sparse,
+            candidates=max(self.candidates, k * 3),
+            with_dense=dense is not None,
+        )
+        hits = self.store.query(request)
+        if dense is not None:
+            hits = [h for h in hits if _cosine(dense, h.dense) >= self.score_floor]
+        hits = self._diversify(hits, dense, k)
+        return [_passage(h, dense) for h in hits]
+
+    def _diversify(
+        self, hits: list[ScoredChunk], query: list[float] | None, k: int
+    ) -> list[ScoredChunk]:
+        """Drop near-duplicates (cosine >= duplicate_threshold to a kept hit); with mmr_lambda,
+        pick greedily by maximal marginal relevance instead of fused rank."""
+        if query is None:
+            return hits[:k]
+        chosen: list[ScoredChunk] = []
+        pool = list(hits)
+        while pool and len(chosen) < k:
+            if self.mmr_lambda is None:
+                best = pool[0]
+            else:
+                lam = self.mmr_lambda
+                best = max(
+                    pool,
+                    key=lambda h: lam * _cosine(query, h.dense)
+                    - (1 - lam) * max((_cosine(h.dense, c.dense) for c in chosen), default=0.0),
+                )
+            pool.remove(best)
+            if all(_cosine(best.dense, c.dense) < self.duplicate_threshold for c in chosen):
+                chosen.append(best)
+        return chosen
+
+
+def _cosine(a: list[float] | None, b: list[float] | None) -> float:
+    if a is None or b is None:
+        return -1.0
+    dot = sum(x * y for x, y in zip(a, b))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else -1.0
+
+
+def _passage(hit: ScoredChunk, query: list[float] | None) -> Passage:
+    p = hit.payload
+    return Passage(
+        citation_id=p["citation_id"],
+        doc_id=p["doc_id"],
+        version=str(p["version"]),
+        title=p["title"],
+        section_path=tuple(p.get("section") or ()),
+        text=p["text"],
+        score=hit.score,
+        relevance=_cosine(query, hit.dense) if query is not None else None,
+        start=int(p["start"]),
+        end=int(p["end"]),
+        source=p["source"],
+        effective_date=dt.date.fromisoformat(p["effective_date"]),
+    )
