@@ -11,7 +11,9 @@ WORD = st.text(alphabet=string.ascii_lowercase, min_size=2, max_size=9)
 @st.composite
 def sentences(draw):
     words = draw(st.lists(WORD, min_size=3, max_size=30))
-    return words[0].capitalize() + " " + " ".join(words[1:]) + draw(st.sampled_from([".", "!", "?"]))
+    # end on a plain word: a random final "vs." or "etc." is an abbreviation, not a sentence end
+    last = draw(st.sampled_from(["policy", "leave", "approval", "days"]))
+    return words[0].capitalize() + " " + " ".join(words[1:]) + f" {last}" + draw(st.sampled_from([".", "!", "?"]))
 
 
 @st.composite
