@@ -30,7 +30,9 @@ test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/policyrag bench ingest
+	$(BIN)/policyrag bench retrieval
 
 clean:
 	rm -rf $(VENV) data

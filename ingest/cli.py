@@ -11,7 +11,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ingest.errors import PolicyRagError
@@ -238,6 +244,42 @@ def bench_ingest(
         console.print_json(json.dumps(results))
     else:
         print_results(results, console)
+
+
+@bench_app.command("retrieval")
+def bench_retrieval(
+    sizes: Annotated[str, typer.Option(help="comma-separated chunk counts")] = "10000,100000",
+    queries: Annotated[int, typer.Option(help="queries per store and filter")] = 50,
+    slow_queries: Annotated[int, typer.Option(help="queries for the slow local-mode baseline")] = 10,
+    quality: Annotated[bool, typer.Option(help="also run the external quality sets")] = True,
+    sets: Annotated[Path | None, typer.Option(help="folder of external sets")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Filtered top-10 latency/recall vs llama-index+local mode and Chroma; external quality."""
+    from eval.bench_retrieval import print_retrieval_results, run_retrieval_benchmark
+    from eval.bench_retrieval_quality import (
+        DEFAULT_SETS,
+        print_quality_results,
+        run_quality_benchmark,
+    )
+
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    results = {
+        "latency_recall": run_retrieval_benchmark(
+            sizes=tuple(int(s) for s in sizes.split(",") if s.strip()),
+            queries=queries,
+            slow_queries=slow_queries,
+            console=err_console,
+        )
+    }
+    if quality:
+        results["quality"] = run_quality_benchmark(sets or DEFAULT_SETS, console=err_console)
+    if as_json:
+        console.print_json(json.dumps(results))
+        return
+    print_retrieval_results(results["latency_recall"], console)
+    if quality:
+        print_quality_results(results["quality"], console)
 
 
 def main() -> None:  # pragma: no cover - console entry

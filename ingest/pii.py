@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from functools import lru_cache
 from collections.abc import Iterable
+from functools import lru_cache
 
 from ingest.documents import PiiReport
 from ingest.errors import ModelMissingError

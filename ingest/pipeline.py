@@ -1,10 +1,8 @@
-"""The ingest run: scan a folder, detect changes, scrub, chunk, embed, write store + manifest.
+"""The ingest run: plan (ingest/plan.py), then scrub, chunk, embed, write store + manifest.
 
 Change detection is keyed by (document id, version) and the content hash of the file (plus its
-sidecar). Unchanged documents cost no parsing and no embedding. For each document id the
-current version is the highest version already in effect (effective_date <= today), or the
-highest version if none is in effect yet; only the current version's chunks are in the store,
-older versions stay in the manifest as `superseded`.
+sidecar). Unchanged documents cost no parsing and no embedding. Only the current version of a
+document has chunks in the store; older versions stay in the manifest as `superseded`.
 """
 
 from __future__ import annotations
@@ -22,9 +20,10 @@ from ingest.chunking import chunk_document
 from ingest.documents import Chunk, LoadedDocument, PiiReport
 from ingest.embed import DenseEmbedder, SparseEncoder
 from ingest.errors import ConfigError, DocumentRejected
-from ingest.loaders import discover_files, fingerprint, load_document
+from ingest.loaders import load_document
 from ingest.manifest import JournalEntry, Manifest, ManifestRow
 from ingest.pii import PiiScrubber
+from ingest.plan import IngestPlan, Work, as_superseded, plan_ingest, superseded_row
 from ingest.settings import Settings
 from retrieval.directory import load_directory
 from retrieval.store import Store, StoredPoint, open_store
@@ -83,17 +82,6 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())},
         }
-
-
-@dataclass
-class _Work:
-    """One document id whose store content must change."""
-
-    doc_id: str
-    new: LoadedDocument | None  # None = delete
-    old: ManifestRow | None
-    event: str  # added | updated | deleted | reinstated
-    old_kept: bool  # the old current version's file is still there (-> superseded, not removed)
 
 
 class Ingestor:
@@ -159,14 +147,6 @@ class Ingestor:
             known_groups = load_directory(root / "directory.yaml").known_groups
         allow_extra = _read_allow_list(root / "pii-allowlist.txt")
 
-        # 1. what is on disk: unchanged files are recognised by hash without parsing
-        candidates, skipped = discover_files(root)
-        report.skipped = [p.relative_to(root).as_posix() for p in skipped]
-        by_path = self.manifest.by_path()
-        present: dict[tuple[str, str], ManifestRow | LoadedDocument] = {}
-        paths_of: dict[tuple[str, str], list[str]] = {}
-        rejected_paths: set[str] = set()
-
         def load(path: Path) -> LoadedDocument | None:
             t0 = time.perf_counter()
             try:
@@ -179,94 +159,19 @@ class Ingestor:
                 )
             except DocumentRejected as exc:
                 report.rejected.append(exc)
-                rejected_paths.add(exc.path)
                 return None
             finally:
                 report.timed("load", t0)
 
-        for path in candidates:
-            rel = path.relative_to(root).as_posix()
-            try:
-                digest = fingerprint(path)
-            except OSError as exc:
-                report.rejected.append(DocumentRejected(rel, "unreadable", f"cannot read: {exc}"))
-                rejected_paths.add(rel)
-                continue
-            known = next((r for r in by_path.get(rel, []) if r.content_hash == digest), None)
-            entry: ManifestRow | LoadedDocument | None = known or load(path)
-            if entry is None:
-                continue
-            key = _key(entry)
-            paths_of.setdefault(key, []).append(rel)
-            present[key] = entry
-
-        # 2. the same (id, version) in two files: reject both, touch nothing of that document
-        frozen: set[str] = set()
-        for key, paths in paths_of.items():
-            if len(paths) > 1:
-                for rel in paths:
-                    others = ", ".join(p for p in paths if p != rel)
-                    report.rejected.append(
-                        DocumentRejected(
-                            rel,
-                            "duplicate",
-                            f"document id {key[0]!r} version {key[1]} is also defined in {others}; "
-                            "give each version its own id/version",
-                        )
-                    )
-                    rejected_paths.add(rel)
-                present.pop(key, None)
-                frozen.add(key[0])
-        current_rows = self.manifest.current()
-        for row in self.manifest.rows():
-            if row.path in rejected_paths:
-                frozen.add(row.doc_id)  # a broken edit never removes what was indexed
-
-        # 3. desired state per document id
-        versions: dict[str, list[ManifestRow | LoadedDocument]] = {}
-        for key, entry in present.items():
-            versions.setdefault(key[0], []).append(entry)
-        work: list[_Work] = []
-        not_current: list[ManifestRow | LoadedDocument] = []
-        renamed: list[ManifestRow] = []
-        for doc_id, entries in sorted(versions.items()):
-            if doc_id in frozen:
-                continue
-            winner = _pick_current(entries, today)
-            not_current.extend(e for e in entries if e is not winner)
-            old = current_rows.get(doc_id)
-            if old is not None and (old.version, old.content_hash) == (_key(winner)[1], winner.content_hash):
-                report.unchanged.append(f"{doc_id}@v{old.version}")
-                if winner.path != old.path:  # moved or renamed, same content
-                    renamed.append(replace(old, path=winner.path))
-                continue
-            if isinstance(winner, ManifestRow):  # a known superseded version becomes current
-                loaded = load(root / winner.path)
-                if loaded is None:
-                    continue
-                winner = loaded
-            if old is None:
-                event = "added"
-            elif old.version == winner.meta.version:
-                event = "updated"
-            elif winner.meta.parsed_version > old.meta.parsed_version:
-                event = "added"
-                report.superseded.append(f"{doc_id}@v{old.version}")
-            else:
-                event = "reinstated"  # the newer version's file was removed
-            old_kept = old is not None and (doc_id, old.version) in present
-            work.append(_Work(doc_id, winner, old, event, old_kept))
-        for doc_id, old in sorted(current_rows.items()):
-            if doc_id not in versions and doc_id not in frozen:
-                work.append(_Work(doc_id, None, old, "deleted", False))
-        report.superseded += self._record_superseded(
-            not_current, present, frozen, current_rows, renamed
-        )
+        # 1-3. compare the folder with the manifest (ingest/plan.py)
+        plan = plan_ingest(root, self.manifest, load, report, today)
+        report.superseded += self._record_superseded(plan)
+        work = plan.work
 
         # 4. apply, in batches: scrub -> chunk -> embed -> journal -> store -> manifest
         total = len(work)
         done = 0
-        batch: list[tuple[_Work, list[Chunk], PiiReport, LoadedDocument | None]] = []
+        batch: list[tuple[Work, list[Chunk], PiiReport, LoadedDocument | None]] = []
         batch_chunks = 0
         if progress:
             progress(0, total, "")
@@ -329,23 +234,16 @@ class Ingestor:
             logger.warning("recovered %s from an interrupted run; it is re-ingested", entry.doc_id)
         return recovered
 
-    def _record_superseded(
-        self,
-        not_current: list[ManifestRow | LoadedDocument],
-        present: dict[tuple[str, str], ManifestRow | LoadedDocument],
-        frozen: set[str],
-        current_rows: dict[str, ManifestRow],
-        renamed: list[ManifestRow],
-    ) -> list[str]:
+    def _record_superseded(self, plan: IngestPlan) -> list[str]:
         """Superseded versions live in the manifest only: record the ones on disk, forget the
         ones whose file is gone. A current row turns superseded in `_apply`, together with the
         store change that removes its chunks."""
         existing = {(r.doc_id, r.version): r for r in self.manifest.rows("superseded")}
         upserts = []
-        for entry in not_current:
-            row = _superseded_row(entry)
+        for entry in plan.not_current:
+            row = superseded_row(entry)
             key = (row.doc_id, row.version)
-            cur = current_rows.get(row.doc_id)
+            cur = plan.current_rows.get(row.doc_id)
             if cur is not None and cur.version == row.version:
                 continue
             if key not in existing or (existing[key].content_hash, existing[key].path) != (
@@ -353,19 +251,19 @@ class Ingestor:
                 row.path,
             ):
                 upserts.append(row)
-        removals = [k for k in existing if k not in present and k[0] not in frozen]
+        removals = [k for k in existing if k not in plan.present and k[0] not in plan.frozen]
         events = [(r.doc_id, r.version, "superseded", r.path, r.content_hash) for r in upserts]
         events += [(d, v, "removed", existing[(d, v)].path, None) for d, v in removals]
-        events += [(r.doc_id, r.version, "moved", r.path, r.content_hash) for r in renamed]
-        if upserts or removals or renamed:
+        events += [(r.doc_id, r.version, "moved", r.path, r.content_hash) for r in plan.renamed]
+        if upserts or removals or plan.renamed:
             self.manifest.commit_changes(
-                upserts=[*upserts, *renamed], removals=removals, events=events
+                upserts=[*upserts, *plan.renamed], removals=removals, events=events
             )
         return [f"{r.doc_id}@v{r.version}" for r in upserts if (r.doc_id, r.version) not in existing]
 
     def _apply(
         self,
-        batch: list[tuple[_Work, list[Chunk], PiiReport, LoadedDocument | None]],
+        batch: list[tuple[Work, list[Chunk], PiiReport, LoadedDocument | None]],
         report: IngestReport,
     ) -> None:
         if self._sparse is None:
@@ -416,7 +314,7 @@ class Ingestor:
                 old_ids.extend(old.point_ids)
                 if item.new is None or old.version != item.new.meta.version:
                     if item.old_kept:  # superseded by a newer version (or a reinstated older one)
-                        new_rows.append(_as_superseded(old))
+                        new_rows.append(as_superseded(old))
                         events.append(
                             (old.doc_id, old.version, "superseded", old.path, old.content_hash)
                         )
@@ -459,38 +357,6 @@ class Ingestor:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _key(entry: ManifestRow | LoadedDocument) -> tuple[str, str]:
-    if isinstance(entry, ManifestRow):
-        return entry.doc_id, entry.version
-    return entry.meta.id, entry.meta.version
-
-
-def _pick_current(entries: list[ManifestRow | LoadedDocument], today: dt.date):
-    effective = [e for e in entries if e.meta.effective_date <= today]
-    pool = effective or entries
-    return max(pool, key=lambda e: e.meta.parsed_version)
-
-
-def _superseded_row(entry: ManifestRow | LoadedDocument) -> ManifestRow:
-    if isinstance(entry, ManifestRow):
-        return _as_superseded(entry)
-    return ManifestRow(
-        doc_id=entry.meta.id,
-        version=entry.meta.version,
-        status="superseded",
-        path=entry.path,
-        content_hash=entry.content_hash,
-        default_groups=",".join(entry.meta.groups) if entry.default_groups_applied else None,
-        meta=entry.meta,
-        point_ids=(),
-        pii={},
-    )
-
-
-def _as_superseded(row: ManifestRow) -> ManifestRow:
-    return replace(row, status="superseded", point_ids=())
-
-
 def _embedding_text(doc: LoadedDocument, chunk: Chunk) -> str:
     # title and section path make short chunks findable ("carry-over" under "4. Leave")
     return f"{doc.meta.title}\n{' > '.join(chunk.section_path)}\n{chunk.text}"

@@ -1,0 +1,169 @@
+"""Planning an ingest run: compare the folder with the manifest and decide, per document id,
+what must change in the store. Nothing is written here.
+
+Unchanged files are recognised by their hash without parsing. For each document id the current
+version is the highest version already in effect (effective_date <= today), or the highest
+version if none is in effect yet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ingest.documents import LoadedDocument
+from ingest.errors import DocumentRejected
+from ingest.loaders import discover_files, fingerprint
+from ingest.manifest import Manifest, ManifestRow
+
+if TYPE_CHECKING:
+    from ingest.pipeline import IngestReport
+
+Entry = ManifestRow | LoadedDocument
+
+
+@dataclass
+class Work:
+    """One document id whose store content must change."""
+
+    doc_id: str
+    new: LoadedDocument | None  # None = delete
+    old: ManifestRow | None
+    event: str  # added | updated | deleted | reinstated
+    old_kept: bool  # the old current version's file is still there (-> superseded, not removed)
+
+
+@dataclass
+class IngestPlan:
+    work: list[Work] = field(default_factory=list)
+    not_current: list[Entry] = field(default_factory=list)  # versions on disk, not current
+    present: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    frozen: set[str] = field(default_factory=set)  # document ids left exactly as indexed
+    current_rows: dict[str, ManifestRow] = field(default_factory=dict)
+    renamed: list[ManifestRow] = field(default_factory=list)
+
+
+def plan_ingest(
+    root: Path,
+    manifest: Manifest,
+    load: Callable[[Path], LoadedDocument | None],
+    report: IngestReport,
+    today: dt.date,
+) -> IngestPlan:
+    plan = IngestPlan()
+    rejected_before = len(report.rejected)
+
+    # 1. what is on disk: unchanged files are recognised by hash without parsing
+    candidates, skipped = discover_files(root)
+    report.skipped = [p.relative_to(root).as_posix() for p in skipped]
+    by_path = manifest.by_path()
+    paths_of: dict[tuple[str, str], list[str]] = {}
+    for path in candidates:
+        rel = path.relative_to(root).as_posix()
+        try:
+            digest = fingerprint(path)
+        except OSError as exc:
+            report.rejected.append(DocumentRejected(rel, "unreadable", f"cannot read: {exc}"))
+            continue
+        known = next((r for r in by_path.get(rel, []) if r.content_hash == digest), None)
+        entry: Entry | None = known or load(path)
+        if entry is None:
+            continue
+        key = entry_key(entry)
+        paths_of.setdefault(key, []).append(rel)
+        plan.present[key] = entry
+
+    # 2. the same (id, version) in two files: reject both, touch nothing of that document
+    for key, paths in paths_of.items():
+        if len(paths) > 1:
+            for rel in paths:
+                others = ", ".join(p for p in paths if p != rel)
+                report.rejected.append(
+                    DocumentRejected(
+                        rel,
+                        "duplicate",
+                        f"document id {key[0]!r} version {key[1]} is also defined in {others}; "
+                        "give each version its own id/version",
+                    )
+                )
+            plan.present.pop(key, None)
+            plan.frozen.add(key[0])
+    rejected_paths = {r.path for r in report.rejected[rejected_before:]}
+    plan.current_rows = manifest.current()
+    for row in manifest.rows():
+        if row.path in rejected_paths:
+            plan.frozen.add(row.doc_id)  # a broken edit never removes what was indexed
+
+    # 3. desired state per document id
+    versions: dict[str, list[Entry]] = {}
+    for key, entry in plan.present.items():
+        versions.setdefault(key[0], []).append(entry)
+    for doc_id, entries in sorted(versions.items()):
+        if doc_id in plan.frozen:
+            continue
+        winner = pick_current(entries, today)
+        plan.not_current.extend(e for e in entries if e is not winner)
+        old = plan.current_rows.get(doc_id)
+        if old is not None and (old.version, old.content_hash) == (
+            entry_key(winner)[1],
+            winner.content_hash,
+        ):
+            report.unchanged.append(f"{doc_id}@v{old.version}")
+            if winner.path != old.path:  # moved or renamed, same content
+                plan.renamed.append(replace(old, path=winner.path))
+            continue
+        if isinstance(winner, ManifestRow):  # a known superseded version becomes current
+            loaded = load(root / winner.path)
+            if loaded is None:
+                continue
+            winner = loaded
+        if old is None:
+            event = "added"
+        elif old.version == winner.meta.version:
+            event = "updated"
+        elif winner.meta.parsed_version > old.meta.parsed_version:
+            event = "added"
+            report.superseded.append(f"{doc_id}@v{old.version}")
+        else:
+            event = "reinstated"  # the newer version's file was removed
+        old_kept = old is not None and (doc_id, old.version) in plan.present
+        plan.work.append(Work(doc_id, winner, old, event, old_kept))
+    for doc_id, old in sorted(plan.current_rows.items()):
+        if doc_id not in versions and doc_id not in plan.frozen:
+            plan.work.append(Work(doc_id, None, old, "deleted", False))
+    return plan
+
+
+def entry_key(entry: Entry) -> tuple[str, str]:
+    if isinstance(entry, ManifestRow):
+        return entry.doc_id, entry.version
+    return entry.meta.id, entry.meta.version
+
+
+def pick_current(entries: list[Entry], today: dt.date) -> Entry:
+    effective = [e for e in entries if e.meta.effective_date <= today]
+    pool = effective or entries
+    return max(pool, key=lambda e: e.meta.parsed_version)
+
+
+def superseded_row(entry: Entry) -> ManifestRow:
+    if isinstance(entry, ManifestRow):
+        return as_superseded(entry)
+    return ManifestRow(
+        doc_id=entry.meta.id,
+        version=entry.meta.version,
+        status="superseded",
+        path=entry.path,
+        content_hash=entry.content_hash,
+        default_groups=",".join(entry.meta.groups) if entry.default_groups_applied else None,
+        meta=entry.meta,
+        point_ids=(),
+        pii={},
+    )
+
+
+def as_superseded(row: ManifestRow) -> ManifestRow:
+    return replace(row, status="superseded", point_ids=())
