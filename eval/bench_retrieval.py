@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ingest.embed import DENSE_DIM, SparseEncoder
+from ingest.settings import Settings
 from retrieval.acl import Principal, build_acl_filter
 from retrieval.store import StoredPoint, StoreQuery
 from retrieval.store_edge import EdgeStore
@@ -38,8 +39,13 @@ K = 10
 
 
 def _synthetic(n: int, seed: int = 5):
+    # Embeddings of real text live near a low-dimensional manifold; uniform random 384-d vectors
+    # have no meaningful neighbours (every cosine ~0), which no ANN index can rank. So: a
+    # 24-d latent projected to 384-d plus isotropic noise, then normalized.
     rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((n, DENSE_DIM)).astype(np.float32)
+    projection = rng.standard_normal((24, DENSE_DIM)).astype(np.float32)
+    latent = rng.standard_normal((n, 24)).astype(np.float32)
+    vectors = latent @ projection + 0.5 * rng.standard_normal((n, DENSE_DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     weights = np.array([1 / (i + 1) for i in range(1, 20)])
     weights /= weights.sum()
@@ -98,7 +104,7 @@ def _bench_size(n: int, queries: int, slow_queries: int, console: Console) -> di
         ids = [str(uuid.UUID(int=i + 1)) for i in range(n)]
         rng = np.random.default_rng(99)
         qidx = rng.choice(n, size=queries, replace=False)
-        qvecs = vectors[qidx] + 0.6 * rng.standard_normal((queries, DENSE_DIM)).astype(np.float32) / np.sqrt(DENSE_DIM)
+        qvecs = vectors[qidx] + 0.3 * rng.standard_normal((queries, DENSE_DIM)).astype(np.float32) / np.sqrt(DENSE_DIM)
         qvecs /= np.linalg.norm(qvecs, axis=1, keepdims=True)
         qtexts = [" ".join(texts[i].split()[:6]) for i in qidx]
         out: dict = {"selectivity": {}, "build_seconds": {}}
@@ -167,6 +173,7 @@ def _bench_size(n: int, queries: int, slow_queries: int, console: Console) -> di
         console.print(f"  chroma built in {out['build_seconds']['chroma']} s")
 
         id_index = {pid: i for i, pid in enumerate(ids)}
+        ef = Settings().retrieval_hnsw_ef  # what the product's Retriever sends
         for label, principal in _principals().items():
             mask = np.array([bool(set(g) & set(principal.groups)) for g in groups])
             acl = build_acl_filter(principal)
@@ -190,11 +197,11 @@ def _bench_size(n: int, queries: int, slow_queries: int, console: Console) -> di
                 }
 
             def edge_hybrid(qi):
-                edge.query(StoreQuery(filter=acl, limit=K, dense=qvecs[qi].tolist(), sparse=bm25.query(qtexts[qi])))
+                edge.query(StoreQuery(filter=acl, limit=K, dense=qvecs[qi].tolist(), sparse=bm25.query(qtexts[qi]), hnsw_ef=ef))
                 return None
 
             def edge_dense(qi):
-                hits = edge.query(StoreQuery(filter=acl, limit=K, dense=qvecs[qi].tolist()))
+                hits = edge.query(StoreQuery(filter=acl, limit=K, dense=qvecs[qi].tolist(), hnsw_ef=ef))
                 return [id_index[h.id] for h in hits]
 
             lfilter = MetadataFilters(filters=[MetadataFilter(key="groups", value=list(principal.groups), operator=FilterOperator.IN)])

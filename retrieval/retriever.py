@@ -60,6 +60,7 @@ class Retriever:
         candidates: int = 50,
         duplicate_threshold: float = 0.97,
         mmr_lambda: float | None = None,
+        hnsw_ef: int | None = 384,
     ) -> None:
         if not -1.0 <= score_floor <= 1.0:
             raise ConfigError(f"score_floor must be a cosine in [-1, 1], got {score_floor}")
@@ -73,6 +74,7 @@ class Retriever:
         self.candidates = candidates
         self.duplicate_threshold = duplicate_threshold
         self.mmr_lambda = mmr_lambda
+        self.hnsw_ef = hnsw_ef
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: Store | None = None, embedder=None) -> Retriever:
@@ -85,6 +87,7 @@ class Retriever:
             load_directory(settings.directory_file),
             score_floor=settings.retrieval_score_floor,
             mmr_lambda=settings.retrieval_mmr_lambda,
+            hnsw_ef=settings.retrieval_hnsw_ef,
         )
 
     def principal(self, user: str | Principal) -> Principal:
@@ -123,6 +126,7 @@ class Retriever:
             sparse=sparse,
             candidates=max(self.candidates, k * 3),
             with_dense=dense is not None,
+            hnsw_ef=self.hnsw_ef,
         )
         hits = self.store.query(request)
         if dense is not None:

@@ -56,6 +56,7 @@ class StoreQuery:
     candidates: int = 50  # per-prefetch depth of a hybrid query
     rrf_k: int = 60
     exact: bool = False  # brute force (benchmarks' reference)
+    hnsw_ef: int | None = None  # HNSW search breadth; higher = better recall, slower
     with_dense: bool = False  # return the dense vectors (for the score floor and MMR)
 
     def __post_init__(self) -> None:

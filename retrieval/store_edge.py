@@ -109,7 +109,7 @@ class EdgeStore:
 
     def query(self, request: StoreQuery) -> list[ScoredChunk]:
         acl = to_edge_filter(request.filter)
-        params = SearchParams(exact=request.exact)
+        params = SearchParams(exact=request.exact, hnsw_ef=request.hnsw_ef)
         dense = Query.Nearest(request.dense, using=DENSE) if request.dense is not None else None
         sparse = (
             Query.Nearest(

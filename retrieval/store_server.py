@@ -111,7 +111,7 @@ class ServerStore:
 
     def query(self, request: StoreQuery) -> list[ScoredChunk]:
         acl = to_qdrant_filter(request.filter)
-        params = models.SearchParams(exact=request.exact)
+        params = models.SearchParams(exact=request.exact, hnsw_ef=request.hnsw_ef)
         sparse = (
             models.SparseVector(
                 indices=list(request.sparse.indices), values=list(request.sparse.values)

@@ -20,5 +20,6 @@ def test_external_set_loader_counts_evidence_hits(tmp_path):
     (tmp_path / "set" / "qa.jsonl").write_text("\n".join(json.dumps(i) for i in items))
     result = evaluate_set(tmp_path / "set", console=Console(quiet=True))
     assert result["questions_with_evidence"] == 2
-    assert result["hit_rate"]["hybrid"]["@10"]["contained"] == 1.0
-    assert result["hit_rate"]["dense"]["@1"]["contained"] == 1.0
+    assert result["hit_rate"]["corpus/hybrid"]["@10"]["contained"] == 1.0
+    assert result["hit_rate"]["corpus/dense"]["@1"]["contained"] == 1.0
+    assert result["hit_rate"]["document/sparse"]["@10"]["contained"] == 1.0
