@@ -23,7 +23,14 @@ from ingest.errors import ConfigError, DocumentRejected
 from ingest.loaders import load_document
 from ingest.manifest import JournalEntry, Manifest, ManifestRow
 from ingest.pii import PiiScrubber
-from ingest.plan import IngestPlan, Work, as_superseded, plan_ingest, superseded_row
+from ingest.plan import (
+    IngestPlan,
+    Work,
+    as_superseded,
+    manifest_row,
+    plan_ingest,
+    superseded_row,
+)
 from ingest.settings import Settings
 from retrieval.directory import load_directory
 from retrieval.store import Store, StoredPoint, open_store
@@ -295,17 +302,7 @@ class Ingestor:
                         )
                     )
                 new_rows.append(
-                    ManifestRow(
-                        doc_id=doc.meta.id,
-                        version=doc.meta.version,
-                        status="current",
-                        path=doc.path,
-                        content_hash=doc.content_hash,
-                        default_groups=",".join(doc.meta.groups) if doc.default_groups_applied else None,
-                        meta=doc.meta,
-                        point_ids=tuple(p.id for p in doc_points),
-                        pii=pii.counts,
-                    )
+                    manifest_row(doc, "current", tuple(p.id for p in doc_points), pii.counts)
                 )
                 events.append((doc.meta.id, doc.meta.version, item.event, doc.path, doc.content_hash))
                 report.pii[f"{doc.meta.id}@v{doc.meta.version}"] = pii.counts

@@ -149,20 +149,29 @@ def pick_current(entries: list[Entry], today: dt.date) -> Entry:
     return max(pool, key=lambda e: e.meta.parsed_version)
 
 
+def manifest_row(
+    doc: LoadedDocument,
+    status: str,
+    point_ids: tuple[str, ...] = (),
+    pii: dict[str, int] | None = None,
+) -> ManifestRow:
+    return ManifestRow(
+        doc_id=doc.meta.id,
+        version=doc.meta.version,
+        status=status,
+        path=doc.path,
+        content_hash=doc.content_hash,
+        default_groups=",".join(doc.meta.groups) if doc.default_groups_applied else None,
+        meta=doc.meta,
+        point_ids=point_ids,
+        pii=pii or {},
+    )
+
+
 def superseded_row(entry: Entry) -> ManifestRow:
     if isinstance(entry, ManifestRow):
         return as_superseded(entry)
-    return ManifestRow(
-        doc_id=entry.meta.id,
-        version=entry.meta.version,
-        status="superseded",
-        path=entry.path,
-        content_hash=entry.content_hash,
-        default_groups=",".join(entry.meta.groups) if entry.default_groups_applied else None,
-        meta=entry.meta,
-        point_ids=(),
-        pii={},
-    )
+    return manifest_row(entry, "superseded")
 
 
 def as_superseded(row: ManifestRow) -> ManifestRow:

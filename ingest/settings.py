@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     retrieval_hnsw_ef: int = Field(
         384, ge=16, description="HNSW search breadth: 384 keeps filtered recall@10 at 1.0 at 100k"
     )
+    retrieval_hybrid_hnsw_ef: int = Field(
+        128, ge=16, description="breadth of the dense prefetch of a hybrid query (fused with BM25)"
+    )
     retrieval_mmr_lambda: float | None = Field(
         None, ge=0.0, le=1.0, description="set (e.g. 0.7) to re-rank by maximal marginal relevance"
     )
