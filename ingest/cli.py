@@ -119,20 +119,22 @@ def _print_report(report, as_json: bool) -> None:
     if as_json:
         console.print_json(json.dumps(report.as_dict()))
         return
-    table = Table(title="ingest summary", show_header=True)
-    for col in ("added", "updated", "deleted", "superseded", "unchanged", "rejected", "chunks written", "PII redactions", "seconds"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        str(len(report.added)),
-        str(len(report.updated)),
-        str(len(report.deleted)),
-        str(len(report.superseded)),
-        str(len(report.unchanged)),
-        str(len(report.rejected)),
-        str(report.chunks_written),
-        str(report.pii_total),
-        f"{report.seconds:.1f}",
-    )
+    table = Table(title="ingest summary", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for label, value in (
+        ("added", len(report.added)),
+        ("updated", len(report.updated)),
+        ("deleted", len(report.deleted)),
+        ("superseded", len(report.superseded)),
+        ("unchanged", len(report.unchanged)),
+        ("rejected", len(report.rejected)),
+        ("chunks written", report.chunks_written),
+        ("chunks removed", report.chunks_deleted),
+        ("PII redactions", report.pii_total),
+        ("seconds", f"{report.seconds:.1f}"),
+    ):
+        table.add_row(label, str(value))
     console.print(table)
     if report.pii_total:
         pii = Table(title="PII scrubbed per document", show_header=True)
