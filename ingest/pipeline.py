@@ -279,7 +279,7 @@ class Ingestor:
             _embedding_text(doc, chunk) for _, chunks, _, doc in batch if doc for chunk in chunks
         ]
         t0 = time.perf_counter()
-        dense = iter(self.embedder.embed(texts))
+        embedded = iter(zip(texts, self.embedder.embed(texts)))
         report.timed("embed_dense", t0)
         t0 = time.perf_counter()
         points: list[StoredPoint] = []
@@ -292,11 +292,11 @@ class Ingestor:
             doc_points = []
             if doc is not None:
                 for chunk in chunks:
-                    text = _embedding_text(doc, chunk)
+                    text, vector = next(embedded)  # same order as `texts`
                     doc_points.append(
                         StoredPoint(
                             id=_point_id(doc, chunk),
-                            dense=next(dense),
+                            dense=vector,
                             sparse=self._sparse.document(text),
                             payload=_payload(doc, chunk),
                         )

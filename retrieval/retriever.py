@@ -134,18 +134,18 @@ class Retriever:
             hnsw_ef=self.hybrid_hnsw_ef if dense is not None and sparse is not None else self.hnsw_ef,
         )
         hits = self.store.query(request)
-        if dense is not None:
-            hits = [h for h in hits if _cosine(dense, h.dense) >= self.score_floor]
-        hits = self._diversify(hits, dense, k)
-        return [_passage(h, dense) for h in hits]
+        if dense is None:
+            return [_passage(h, None) for h in hits[:k]]
+        # the dense cosine of each hit, computed once: the floor, MMR and Passage all use it
+        relevance = {h.id: _cosine(dense, h.dense) for h in hits}
+        hits = [h for h in hits if relevance[h.id] >= self.score_floor]
+        return [_passage(h, relevance[h.id]) for h in self._diversify(hits, relevance, k)]
 
     def _diversify(
-        self, hits: list[ScoredChunk], query: list[float] | None, k: int
+        self, hits: list[ScoredChunk], relevance: dict[str, float], k: int
     ) -> list[ScoredChunk]:
         """Drop near-duplicates (cosine >= duplicate_threshold to a kept hit); with mmr_lambda,
         pick greedily by maximal marginal relevance instead of fused rank."""
-        if query is None:
-            return hits[:k]
         chosen: list[ScoredChunk] = []
         pool = list(hits)
         while pool and len(chosen) < k:
@@ -155,7 +155,7 @@ class Retriever:
                 lam = self.mmr_lambda
                 best = max(
                     pool,
-                    key=lambda h: lam * _cosine(query, h.dense)
+                    key=lambda h: lam * relevance[h.id]
                     - (1 - lam) * max((_cosine(h.dense, c.dense) for c in chosen), default=0.0),
                 )
             pool.remove(best)
@@ -172,7 +172,7 @@ def _cosine(a: list[float] | None, b: list[float] | None) -> float:
     return dot / norm if norm else -1.0
 
 
-def _passage(hit: ScoredChunk, query: list[float] | None) -> Passage:
+def _passage(hit: ScoredChunk, relevance: float | None) -> Passage:
     p = hit.payload
     return Passage(
         citation_id=p["citation_id"],
@@ -182,7 +182,7 @@ def _passage(hit: ScoredChunk, query: list[float] | None) -> Passage:
         section_path=tuple(p.get("section") or ()),
         text=p["text"],
         score=hit.score,
-        relevance=_cosine(query, hit.dense) if query is not None else None,
+        relevance=relevance,
         start=int(p["start"]),
         end=int(p["end"]),
         source=p["source"],
