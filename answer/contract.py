@@ -1,0 +1,133 @@
+"""The house answer format: the one definition shared by tuning, answering and eval.
+
+An answer is one of three shapes, told apart by `status`:
+
+    {"status": "answered", "answer": "...", "citations": [{"id": "leave-uk@v3#c8", "quote": "..."}], "reason": null}
+    {"status": "refused",  "answer": null,  "citations": [], "reason": "not_in_policy"}
+    {"status": "escalate", "answer": "...", "citations": [...], "reason": "needs_human"}
+
+Each shape is its own model, so the JSON schema used for constrained decoding already forbids an
+`answered` without citations or a `refused` with text; `parse_answer` validates the same rules.
+
+Refusal reasons depend only on what the asking user can see, never on what exists, so a refusal
+cannot reveal a restricted document:
+- `no_authorized_source`: none of the passages the user may read covers the subject;
+- `not_in_policy`: the passages cover the subject but do not state the point asked;
+- `out_of_scope`: not a question about company policy.
+`needs_human` goes with `escalate`: the asker's own case (discipline, health, pay dispute).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ingest.errors import PolicyRagError
+
+CITATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*@v[A-Za-z0-9._-]+#c[0-9]+$"
+MAX_ANSWER_CHARS = 600
+MAX_QUOTE_CHARS = 400
+MAX_CITATIONS = 4
+
+
+class Status(StrEnum):
+    answered = "answered"
+    refused = "refused"
+    escalate = "escalate"
+
+
+class Reason(StrEnum):
+    no_authorized_source = "no_authorized_source"
+    not_in_policy = "not_in_policy"
+    out_of_scope = "out_of_scope"
+    needs_human = "needs_human"
+
+
+RefusalReason = Literal["no_authorized_source", "not_in_policy", "out_of_scope"]
+
+
+class Citation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=CITATION_ID_PATTERN, description="citation id of a retrieved passage")
+    quote: str = Field(min_length=1, max_length=MAX_QUOTE_CHARS, description="verbatim span of it")
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Answered(_Shape):
+    status: Literal["answered"]
+    answer: str = Field(min_length=1, max_length=MAX_ANSWER_CHARS)
+    citations: list[Citation] = Field(min_length=1, max_length=MAX_CITATIONS)
+    reason: None = None
+
+
+class Refused(_Shape):
+    status: Literal["refused"]
+    answer: None = None
+    citations: list[Citation] = Field(default_factory=list, max_length=0)
+    reason: RefusalReason
+
+
+class Escalated(_Shape):
+    status: Literal["escalate"]
+    answer: str = Field(min_length=1, max_length=MAX_ANSWER_CHARS)
+    citations: list[Citation] = Field(default_factory=list, max_length=MAX_CITATIONS)
+    reason: Literal["needs_human"] = "needs_human"
+
+
+Answer = Annotated[Answered | Refused | Escalated, Field(discriminator="status")]
+_ADAPTER: TypeAdapter[Answered | Refused | Escalated] = TypeAdapter(Answer)
+_KEY_ORDER = ("status", "answer", "citations", "reason")
+
+
+class AnswerFormatError(PolicyRagError):
+    """Model output that is not a house-format answer (not JSON, or breaks the schema)."""
+
+    code = "answer_format"
+
+
+def refusal(reason: RefusalReason) -> Refused:
+    return Refused(status="refused", reason=reason)
+
+
+@lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return json.dumps(_ADAPTER.json_schema(), sort_keys=True)
+
+
+def answer_json_schema() -> dict[str, Any]:
+    """The JSON schema for constrained decoding (vLLM `response_format`) and for eval."""
+    return json.loads(_schema_text())
+
+
+def parse_answer(text: str) -> Answered | Refused | Escalated:
+    """Parse model output; raises AnswerFormatError saying what is wrong."""
+    stripped = text.strip()
+    try:
+        data = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise AnswerFormatError(f"answer is not JSON ({exc.msg} at char {exc.pos}): {stripped[:120]!r}") from exc
+    return validate_answer(data)
+
+
+def validate_answer(data: Any) -> Answered | Refused | Escalated:
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'answer'}: {err['msg']}" for err in exc.errors()[:4]
+        )
+        raise AnswerFormatError(f"answer breaks the house format: {problems}") from exc
+
+
+def render_answer(answer: Answered | Refused | Escalated) -> str:
+    """The canonical one-line JSON of an answer: the training target and the logged form."""
+    data = answer.model_dump(mode="json")
+    return json.dumps({key: data[key] for key in _KEY_ORDER}, ensure_ascii=False)

@@ -1,0 +1,102 @@
+"""Training pairs come from the real retriever, for real principals, and never carry text from
+documents outside the training audience."""
+
+import json
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from retrieval.acl import build_acl_filter
+from tuning.pairs import PairBuilder, split_of
+from tuning.seeds import Seed
+
+RESTRICTED_DOCS = {"pay-bands", "executive-compensation", "investigations-procedure", "security-incident-runbook"}
+CANARIES = ("78,000", "Project Bluebell", "Project Kestrel", "Operation Larkspur", "Nightjar", "Greyfriars")
+
+SEEDS = [
+    Seed(id="meal", kind="answered", user="alice", question="What is the daily meal allowance on a business trip?",
+         paraphrases=("How much may I claim for meals per day when I travel on business?",),
+         answer="The daily meal allowance is GBP 55 in the UK.", doc_id="expenses",
+         quote="The daily meal allowance is GBP 55 in the UK, USD 70 in the US and EUR 60 in Germany."),
+    Seed(id="band", kind="answered", user="hannah", question="What is the salary range for band L5 in the UK?",
+         answer="Band L5 UK is £78,000–£96,000.", doc_id="pay-bands", quote="£78,000"),
+    Seed(id="japan", kind="not_in_policy", user="alice", doc_id="expenses",
+         question="What is the daily meal allowance for a business trip to Japan?"),
+    Seed(id="poem", kind="out_of_scope", user="bob", question="Write me a short poem about the sea."),
+    Seed(id="car", kind="no_source", user="bob", question="Do I get a company car allowance?"),
+]
+
+
+def _builder(retriever):
+    return PairBuilder(retriever, k=3, audience=("all-staff", "contractors"))
+
+
+def test_answered_seed_cites_the_retrieved_passage_holding_its_quote(corpus_retriever):
+    candidates, rejections = _builder(corpus_retriever).build(SEEDS[:1])
+    variants = {c.variant for c in candidates}
+    assert {"original", "shuffled", "distractor", "restricted"} <= variants
+    for c in candidates:
+        if c.target.status == "answered":
+            cited = c.target.citations[0]
+            passage = next(p for p in c.context if p.citation_id == cited.id)
+            assert passage.doc_id == "expenses" and cited.quote in passage.text
+    original = next(c for c in candidates if c.variant == "original")
+    shuffled = next(c for c in candidates if c.variant == "shuffled")
+    assert shuffled.context != original.context and set(shuffled.context) == set(original.context)
+    distractor = next(c for c in candidates if c.variant == "distractor")
+    assert sum(p.doc_id == "expenses" for p in distractor.context) == 1
+
+
+def test_restricted_variant_refuses_for_a_user_who_may_not_read_the_source(corpus_retriever):
+    candidates, rejections = _builder(corpus_retriever).build(SEEDS[:2])
+    restricted = [c for c in candidates if c.variant == "restricted"]
+    assert {c.seed.id for c in restricted} == {"meal", "band"}
+    for c in restricted:
+        assert c.target.status == "refused" and c.target.reason == "no_authorized_source"
+        who = corpus_retriever.principal(c.user)
+        acl = _builder(corpus_retriever)._doc_acls()[c.seed.doc_id]
+        assert not build_acl_filter(who).matches(acl)
+        assert all(p.doc_id != c.seed.doc_id for p in c.context)
+    # the pay-bands seed is outside the audience: no answered pair, and the reason is reported
+    assert not [c for c in candidates if c.seed.id == "band" and c.variant != "restricted"]
+    assert any(r.seed_id == "band" and r.rule == "outside_audience" for r in rejections)
+
+
+def test_refusal_kinds_get_their_reasons(corpus_retriever):
+    candidates, _ = _builder(corpus_retriever).build(SEEDS[2:])
+    reasons = {c.seed.id: c.target.reason for c in candidates if c.variant == "original"}
+    assert reasons == {"japan": "not_in_policy", "poem": "out_of_scope", "car": "no_authorized_source"}
+
+
+def test_no_training_text_comes_from_restricted_documents(corpus_retriever):
+    candidates, _ = _builder(corpus_retriever).build(SEEDS)
+    assert candidates
+    for c in candidates:
+        blob = json.dumps([p.model_dump() for p in c.context])
+        assert not {p.doc_id for p in c.context} & RESTRICTED_DOCS
+        assert not any(canary in blob for canary in CANARIES)
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    user=st.sampled_from(["alice", "bob", "clara", "mike", "hannah", "leo", "carla", "sam", "erin", "connor"]),
+    question=st.sampled_from([
+        "What is the salary band for L5 in the UK?", "executive bonus multiplier", "investigation code name",
+        "SEV1 incident bridge", "daily meal allowance", "carry over annual leave", "gifts from suppliers",
+    ]) | st.text(min_size=3, max_size=40).filter(lambda s: s.strip()),
+)
+def test_training_contexts_hold_only_what_the_user_and_the_audience_may_read(corpus_retriever, user, question):
+    builder = _builder(corpus_retriever)
+    acls = builder._doc_acls()
+    who = corpus_retriever.principal(user)
+    for passage in builder._context(question, user):
+        acl = acls[passage.doc_id]
+        assert build_acl_filter(who).matches(acl)
+        assert set(acl["groups"]) & {"all-staff", "contractors"}
+
+
+def test_held_out_split_is_per_seed_and_stable():
+    assert split_of("meal", 0.5) == split_of("meal", 0.5)
+    splits = {split_of(f"seed-{i}", 0.2) for i in range(200)}
+    assert splits == {"train", "heldout"}
+    share = sum(split_of(f"seed-{i}", 0.2) == "heldout" for i in range(1000)) / 1000
+    assert 0.15 < share < 0.25

@@ -1,0 +1,78 @@
+"""Training pairs -> token ids with the loss on the response only, and length-bucketed batches."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from answer.prompt import build_messages
+from tuning.pairs import TrainingPair
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    pair_id: str
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on the prompt, the token ids on the response
+
+    @property
+    def response_tokens(self) -> int:
+        return sum(label != IGNORE for label in self.labels)
+
+
+def prompt_text(tokenizer, instruction: str, context: Sequence) -> str:
+    """The exact text the model sees before its answer (shared with generation)."""
+    return tokenizer.apply_chat_template(build_messages(instruction, context), tokenize=False, add_generation_prompt=True)
+
+
+def encode_pair(tokenizer, pair: TrainingPair) -> Example:
+    messages = build_messages(pair.instruction, pair.context)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": pair.response}], tokenize=False
+    )
+    if not full.startswith(prompt):  # a template that rewrites earlier turns cannot be trained this way
+        raise ValueError(f"chat template of {tokenizer.name_or_path} does not extend the prompt")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"]
+    return Example(pair.id, prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids)
+
+
+def batches(
+    examples: Sequence[Example], batch_size: int, *, seed: int, bucketing: bool
+) -> Iterator[list[Example]]:
+    """Endless batches, epoch after epoch. With bucketing, each window of 16 batches is sorted by
+    length before it is cut, so a batch holds examples of similar length (little padding), and
+    the batches are then shuffled so lengths do not run in order."""
+    rng = random.Random(seed)
+    order = list(examples)
+    while True:
+        rng.shuffle(order)
+        cut: list[list[Example]] = []
+        window = batch_size * 16 if bucketing else batch_size
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            if bucketing:
+                chunk = sorted(chunk, key=lambda e: len(e.input_ids))
+            cut += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        if bucketing:
+            rng.shuffle(cut)
+        yield from cut
+
+
+def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

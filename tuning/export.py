@@ -1,0 +1,31 @@
+"""Merged weights (base + adapter) for serving without LoRA overhead."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from tuning.registry import AdapterRecord
+
+
+def export_merged(record: AdapterRecord, out: Path) -> Path:
+    """Write a plain HF model folder (safetensors + tokenizer) with the adapter merged in."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = Path(record.manifest["base_model"]["path"])
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, record.path).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
+    provenance = {"merged_from": record.version, "adapter_manifest": record.manifest}
+    (tmp / "policyrag-merged.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out

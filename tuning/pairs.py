@@ -1,0 +1,253 @@
+"""Training pairs from retrieved contexts: each seed becomes several (question, context,
+target) pairs whose context is what the real retriever returns for a real principal.
+
+Variants of a seed:
+- `original` and `paraphrase` (hand-written) and `rule_paraphrase` (templates below): each
+  question is retrieved on its own; the target cites the retrieved passage holding the seed's
+  quote, or the variant is dropped (`context_miss`) when retrieval does not bring it;
+- `shuffled`: the original context in another order;
+- `distractor`: the supporting passage among passages retrieved for other seeds;
+- `restricted`: the question asked by a user who may not read the source document, with their
+  own context -> refused `no_authorized_source` (the target says nothing about the document).
+
+Every search goes through the retriever (the one ACL path) and is narrowed to the training
+audience (`tuning_audience_groups`, default: documents every employee or contractor may read),
+so text from restricted documents never enters the training data: the adapter is served to
+everyone and must not be able to recite a document from memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from answer.contract import Answered, Citation, Escalated, Refused, refusal, render_answer
+from retrieval.acl import Principal, SearchFilters, build_acl_filter
+from retrieval.retriever import Passage, Retriever
+from tuning.seeds import Seed
+
+Variant = Literal["original", "paraphrase", "rule_paraphrase", "shuffled", "distractor", "restricted"]
+
+# rule-based paraphrases: wrappers that keep the question's meaning and answer
+_RULES = (
+    lambda q: f"Quick question: {q[0].lower()}{q[1:]}",
+    lambda q: re.sub(r"[?.!]+$", "", q).lower(),
+    lambda q: f"I need to check something. {q}",
+    lambda q: f"Hi, {q[0].lower()}{q[1:]} Thanks!",
+)
+
+
+class ContextPassage(BaseModel):
+    """A passage as the prompt shows it (fits `answer.prompt.PromptPassage`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    citation_id: str
+    doc_id: str
+    title: str
+    section_path: tuple[str, ...]
+    text: str
+
+    @classmethod
+    def of(cls, passage: Passage) -> ContextPassage:
+        return cls(
+            citation_id=passage.citation_id,
+            doc_id=passage.doc_id,
+            title=passage.title,
+            section_path=passage.section_path,
+            text=passage.text,
+        )
+
+
+class TrainingPair(BaseModel):
+    """One example in the instruction/context/response shape (a line of the dataset JSONL)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    seed_id: str
+    variant: Variant
+    user: str
+    instruction: str
+    context: tuple[ContextPassage, ...]
+    response: str  # the canonical JSON of the target answer (answer.contract.render_answer)
+    split: Literal["train", "heldout"] = "train"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    seed_id: str
+    variant: str
+    rule: str  # context_miss | outside_audience | no_restricted_user | schema | ...
+    message: str
+
+
+@dataclass
+class Candidate:
+    """A pair before the dataset rules have been applied."""
+
+    seed: Seed
+    variant: Variant
+    user: str
+    question: str
+    context: list[ContextPassage]
+    target: Answered | Refused | Escalated
+
+    def to_pair(self, number: int) -> TrainingPair:
+        return TrainingPair(
+            id=f"{self.seed.id}/{self.variant}/{number}",
+            seed_id=self.seed.id,
+            variant=self.variant,
+            user=self.user,
+            instruction=self.question,
+            context=tuple(self.context),
+            response=render_answer(self.target),
+        )
+
+
+class PairBuilder:
+    """Usage: `PairBuilder(retriever, k=3, audience=("all-staff", "contractors")).build(seeds)`."""
+
+    def __init__(self, retriever: Retriever, *, k: int, audience: Sequence[str], seed: int = 0) -> None:
+        self.retriever = retriever
+        self.k = k
+        self.narrow = SearchFilters(groups=tuple(audience))
+        self.seed = seed
+        self._doc_acl: dict[str, dict] | None = None
+
+    def build(self, seeds: Iterable[Seed]) -> tuple[list[Candidate], list[Rejection]]:
+        candidates: list[Candidate] = []
+        rejections: list[Rejection] = []
+        pools: dict[str, list[ContextPassage]] = {}  # user -> passages seen, for distractors
+        seeds = list(seeds)
+        for seed in seeds:
+            made, rejected = self._seed_pairs(seed)
+            candidates.extend(made)
+            rejections.extend(rejected)
+            for c in made:
+                pools.setdefault(c.user, []).extend(c.context)
+        candidates.extend(self._distractors(candidates, pools))
+        return candidates, rejections
+
+    # -- per seed ---------------------------------------------------------------------------
+
+    def _seed_pairs(self, seed: Seed) -> tuple[list[Candidate], list[Rejection]]:
+        made: list[Candidate] = []
+        rejected: list[Rejection] = []
+        rng = random.Random(f"{self.seed}:{seed.id}")
+        questions: list[tuple[Variant, str]] = [("original", seed.question)]
+        questions += [("paraphrase", p) for p in seed.paraphrases]
+        questions.append(("rule_paraphrase", rng.choice(_RULES)(seed.question)))
+
+        in_audience = seed.doc_id is None or self._readable_by_audience(seed.doc_id)
+        if seed.kind == "answered" and not in_audience:
+            rejected.append(Rejection(seed.id, "original", "outside_audience",
+                f"{seed.doc_id!r} is not readable by the training audience; only its restricted "
+                "variant is built, so its text never enters training"))
+        else:
+            for variant, question in questions:
+                context = self._context(question, seed.user)
+                target = self._target(seed, context)
+                if isinstance(target, Rejection):
+                    rejected.append(Rejection(seed.id, variant, target.rule, target.message))
+                    continue
+                made.append(Candidate(seed, variant, seed.user, question, context, target))
+            originals = [c for c in made if c.variant == "original"]
+            if originals and len(originals[0].context) > 1:
+                shuffled = list(originals[0].context)
+                while shuffled == originals[0].context:
+                    rng.shuffle(shuffled)
+                made.append(Candidate(seed, "shuffled", seed.user, seed.question, shuffled, originals[0].target))
+        if seed.kind == "answered":
+            made_or_rejection = self._restricted(seed, rng)
+            if isinstance(made_or_rejection, Rejection):
+                rejected.append(made_or_rejection)
+            else:
+                made.append(made_or_rejection)
+        return made, rejected
+
+    def _context(self, question: str, user: str | Principal) -> list[ContextPassage]:
+        passages = self.retriever.search(question, user, k=self.k, filters=self.narrow)
+        return [ContextPassage.of(p) for p in passages]
+
+    def _target(self, seed: Seed, context: list[ContextPassage]) -> Answered | Refused | Escalated | Rejection:
+        if seed.kind == "out_of_scope":
+            return refusal("out_of_scope")
+        if seed.kind == "no_source":
+            return refusal("no_authorized_source")
+        if seed.kind == "not_in_policy":
+            if not any(p.doc_id == seed.doc_id for p in context):
+                return Rejection(seed.id, "", "context_miss",
+                    f"no passage of {seed.doc_id!r} retrieved, so 'not_in_policy' would be wrong here")
+            return refusal("not_in_policy")
+        supporting = [p for p in context if seed.quote and p.doc_id == seed.doc_id and seed.quote in p.text]
+        if seed.kind == "escalate":
+            citations = [Citation(id=supporting[0].citation_id, quote=seed.quote)] if supporting else []
+            return Escalated(status="escalate", answer=seed.answer, citations=citations)
+        if not supporting:
+            return Rejection(seed.id, "", "context_miss",
+                f"the quote is in no retrieved passage of {seed.doc_id!r} for {seed.user!r}")
+        return Answered(status="answered", answer=seed.answer,
+                        citations=[Citation(id=supporting[0].citation_id, quote=seed.quote)])
+
+    def _restricted(self, seed: Seed, rng: random.Random) -> Candidate | Rejection:
+        """The seed asked by someone who may not read its source (same region scope, so the
+        refusal is about access and not about a regional variant of the policy)."""
+        acl = self._doc_acls().get(seed.doc_id or "")
+        if acl is None:
+            return Rejection(seed.id, "restricted", "unknown_doc", f"document {seed.doc_id!r} is not indexed")
+        outsiders = []
+        for user_id in sorted(self.retriever.directory.users):
+            who = self.retriever.principal(user_id)
+            same_scope = acl["region"] == "global" or who.region in ("global", acl["region"])
+            if same_scope and not build_acl_filter(who).matches(acl):
+                outsiders.append(who)
+        if not outsiders:
+            return Rejection(seed.id, "restricted", "no_restricted_user",
+                f"every user in the directory may read {seed.doc_id!r}")
+        who = rng.choice(outsiders)
+        context = self._context(seed.question, who)
+        leaked = [p.citation_id for p in context if p.doc_id == seed.doc_id]
+        if leaked:  # cannot happen while the ACL filter works; refuse to build on it if it does
+            raise RuntimeError(f"ACL breach: {who.user_id} retrieved {leaked}")
+        return Candidate(seed, "restricted", who.user_id, seed.question, context, refusal("no_authorized_source"))
+
+    def _distractors(self, candidates: list[Candidate], pools: dict[str, list[ContextPassage]]) -> list[Candidate]:
+        out = []
+        for c in candidates:
+            if c.variant != "original" or not isinstance(c.target, Answered):
+                continue
+            rng = random.Random(f"{self.seed}:{c.seed.id}:distractor")
+            support = {cit.id for cit in c.target.citations}
+            others = {p.citation_id: p for p in pools.get(c.user, []) if p.doc_id != c.seed.doc_id}
+            if len(others) < self.k - 1:
+                continue
+            chosen = rng.sample(sorted(others), self.k - 1)
+            context = [p for p in c.context if p.citation_id in support] + [others[i] for i in chosen]
+            rng.shuffle(context)
+            out.append(Candidate(c.seed, "distractor", c.user, c.question, context, c.target))
+        return out
+
+    def _readable_by_audience(self, doc_id: str) -> bool:
+        acl = self._doc_acls().get(doc_id)
+        return acl is not None and bool(set(acl["groups"]) & set(self.narrow.groups or ()))
+
+    def _doc_acls(self) -> dict[str, dict]:
+        """doc_id -> {groups, region} of the indexed (current) version, read from the store."""
+        if self._doc_acl is None:
+            self._doc_acl = {}
+            for _, payload in self.retriever.store.scroll(("doc_id", "groups", "region")):
+                self._doc_acl.setdefault(payload["doc_id"], {"groups": list(payload["groups"]), "region": payload["region"]})
+        return self._doc_acl
+
+
+def split_of(seed_id: str, heldout_fraction: float) -> Literal["train", "heldout"]:
+    """Held-out by seed, so no variant of a held-out seed is trained on."""
+    bucket = int(hashlib.sha256(seed_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "heldout" if bucket < heldout_fraction else "train"

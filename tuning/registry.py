@@ -1,0 +1,217 @@
+"""The adapter registry: versioned adapters with manifests, one promoted at a time.
+
+Layout under `data/adapters/`:
+    v3/adapter_model.safetensors, v3/adapter_config.json, v3/policyrag-adapter.json (manifest)
+    registry.json   {"promoted": [..., "v2", "v3"], "events": [...]}   (a stack: last = live)
+    .staging/       training runs in progress; never read as adapters
+
+A training run writes into `.staging/<run>` and `register` moves the finished folder into place
+in one rename, so an interrupted or failed run leaves no adapter and never touches `promoted`.
+Every file's sha256 is in the manifest and checked on load.
+
+Usage:
+    registry = AdapterRegistry(settings.adapters_dir)
+    with registry.staging() as folder:
+        ...write the adapter files into folder...
+        record = registry.register(folder, manifest)
+    registry.promote(record.version)
+    registry.rollback()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingest.errors import PolicyRagError
+from ingest.provision import sha256_file
+
+MANIFEST = "policyrag-adapter.json"
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+class RegistryError(PolicyRagError):
+    code = "registry"
+
+
+class AdapterNotFound(RegistryError):
+    code = "adapter_not_found"
+
+
+class AdapterCorrupted(RegistryError):
+    code = "adapter_corrupted"
+
+
+class PromotionRefused(RegistryError):
+    code = "promotion_refused"
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def created_at(self) -> str:
+        return self.manifest.get("created_at", "")
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- writing ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A scratch folder for a training run; removed on exit whatever happened."""
+        folder = self.root / ".staging" / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def register(self, staged: Path, manifest: dict[str, Any]) -> AdapterRecord:
+        """Hash the staged files, write the manifest, move the folder in as the next version."""
+        files = {p.name: sha256_file(p) for p in sorted(staged.iterdir()) if p.is_file() and p.name != MANIFEST}
+        if "adapter_config.json" not in files:
+            raise RegistryError(f"{staged} holds no adapter (adapter_config.json missing); nothing registered")
+        with self._lock():
+            version = f"v{max(self._numbers(), default=0) + 1}"
+            full = {
+                **manifest,
+                "version": version,
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "files": files,
+            }
+            (staged / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+            target = self.root / version
+            os.replace(staged, target)  # one rename: the version appears complete or not at all
+            staged.mkdir()  # the staging context removes it again
+            state = self._state()
+            self._write_state(_with_event(state, {"action": "register", "version": version}))
+        return AdapterRecord(version, target, full)
+
+    def promote(self, version: str, *, force: bool = False, reason: str | None = None,
+                gate: Callable[[AdapterRecord], list[str]] | None = None) -> AdapterRecord:
+        """Make `version` the live adapter. `gate` returns the reasons to refuse (issue: eval
+        gate); `force` overrides them and is recorded with `reason`."""
+        record = self.load(version)
+        failures = gate(record) if gate else []
+        if failures and not force:
+            raise PromotionRefused(
+                f"{version} may not be promoted: " + "; ".join(failures) + " (use --force to override; it is recorded)"
+            )
+        with self._lock():
+            state = self._state()
+            if state["promoted"] and state["promoted"][-1] == version:
+                return record
+            state["promoted"].append(version)
+            self._write_state(_with_event(state, {"action": "promote", "version": version,
+                                                  "forced": bool(force and failures),
+                                                  "gate_failures": failures, "reason": reason}))
+        return record
+
+    def rollback(self) -> AdapterRecord:
+        """Return to the previously promoted adapter (verified before the switch)."""
+        with self._lock():
+            state = self._state()
+            if len(state["promoted"]) < 2:
+                raise RegistryError("nothing to roll back to: fewer than two adapters were ever promoted")
+            previous = state["promoted"][-2]
+            record = self.load(previous)
+            current = state["promoted"].pop()
+            self._write_state(_with_event(state, {"action": "rollback", "version": previous, "from": current}))
+        return record
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        return [f"v{n}" for n in sorted(self._numbers())]
+
+    def list(self) -> list[AdapterRecord]:
+        out = []
+        for version in self.versions():
+            path = self.root / version / MANIFEST
+            manifest = json.loads(path.read_text()) if path.exists() else {"version": version, "broken": True}
+            out.append(AdapterRecord(version, self.root / version, manifest))
+        return out
+
+    def promoted_version(self) -> str | None:
+        stack = self._state()["promoted"]
+        return stack[-1] if stack else None
+
+    def promoted(self) -> AdapterRecord | None:
+        version = self.promoted_version()
+        return self.load(version) if version else None
+
+    def events(self) -> list[dict[str, Any]]:
+        return self._state()["events"]
+
+    def load(self, version: str) -> AdapterRecord:
+        """The adapter with its integrity checked: every file present with its recorded sha256."""
+        folder = self.root / version
+        if not _VERSION.match(version) or not folder.is_dir():
+            known = ", ".join(self.versions()) or "none"
+            raise AdapterNotFound(f"no adapter {version!r} in {self.root} (known: {known})")
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AdapterCorrupted(f"adapter {version}: manifest unreadable ({exc}); retrain or restore it") from None
+        for name, expected in manifest.get("files", {}).items():
+            path = folder / name
+            if not path.exists():
+                raise AdapterCorrupted(f"adapter {version}: {name} is missing; retrain or restore it")
+            if sha256_file(path) != expected:
+                raise AdapterCorrupted(
+                    f"adapter {version}: {name} does not match its recorded sha256 (corrupted or edited); "
+                    "retrain or restore it, or roll back"
+                )
+        return AdapterRecord(version, folder, manifest)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _numbers(self) -> list[int]:
+        if not self.root.exists():
+            return []
+        return [int(m.group(1)) for p in self.root.iterdir() if p.is_dir() and (m := _VERSION.match(p.name))]
+
+    def _state(self) -> dict[str, Any]:
+        path = self.root / "registry.json"
+        if not path.exists():
+            return {"promoted": [], "events": []}
+        return json.loads(path.read_text())
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        path = self.root / "registry.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _with_event(state: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """State and its event log change in one write."""
+    state["events"].append({"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **event})
+    return state

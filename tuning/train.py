@@ -1,0 +1,136 @@
+"""`policyrag tune train`: dataset -> LoRA/QLoRA adapter -> compared with the base -> registry.
+
+A run trains in a staging folder and registers the adapter only when it finished; it never
+promotes (promotion is `policyrag adapters promote`, behind the eval gate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ingest.settings import Settings
+from tuning.compare import generate_answers, pick_compare_items, score_outputs
+from tuning.config import TrainConfig
+from tuning.dataset import latest_dataset, load_dataset
+from tuning.examples import encode_pair
+from tuning.registry import AdapterRecord, AdapterRegistry
+from tuning.trainer import StepInfo, load_for_training, train_loop
+
+logger = logging.getLogger(__name__)
+
+
+def base_model_identity(settings: Settings) -> tuple[Path, dict]:
+    """The base model folder and its identity (name, weights sha256, source sha256)."""
+    from ingest.provision import provision_base_model, sha256_file
+
+    if settings.base_model_path is not None:
+        folder, name, source = settings.base_model_path, settings.base_model_path.name, None
+    else:
+        info = provision_base_model(settings)
+        folder, name, source = Path(info.path), info.name, info.source_sha256
+    weights = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        weights.update(sha256_file(path).encode())
+    return folder, {"name": name, "path": str(folder), "sha256": weights.hexdigest(), "source_sha256": source}
+
+
+def file_sha256(path: Path) -> str | None:
+    from ingest.provision import sha256_file
+
+    return sha256_file(path) if path.exists() else None
+
+
+def train_adapter(
+    settings: Settings,
+    config: TrainConfig,
+    *,
+    dataset: Path | None = None,
+    registry: AdapterRegistry | None = None,
+    on_stage: Callable[[str], None] = lambda stage: None,
+    on_step: Callable[[StepInfo], None] = lambda info: None,
+) -> AdapterRecord:
+    from peft import set_peft_model_state_dict
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    registry = registry or AdapterRegistry(settings.adapters_dir)
+    folder = dataset or latest_dataset(settings.datasets_dir)
+    pairs, dataset_hash = load_dataset(folder)
+    base_dir, base = base_model_identity(settings)
+
+    on_stage("tokenizing the training pairs")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [(pair, encode_pair(tokenizer, pair)) for pair in pairs]
+    too_long = [pair.id for pair, ex in encoded if len(ex.input_ids) > config.max_seq_len]
+    train = [ex for pair, ex in encoded if pair.split == "train" and len(ex.input_ids) <= config.max_seq_len]
+    heldout = [ex for pair, ex in encoded if pair.split == "heldout" and len(ex.input_ids) <= config.max_seq_len]
+    if too_long:
+        logger.warning("%d pairs longer than max_seq_len=%d skipped", len(too_long), config.max_seq_len)
+
+    on_stage(f"loading {base['name']} with LoRA r={config.rank}")
+    model, quantized = load_for_training(base_dir, config)
+    with registry.staging() as staged:
+        on_stage(f"training on {len(train)} pairs ({len(heldout)} held out)")
+        result, best = train_loop(model, train, heldout, config, pad_id=pad_id, on_step=on_step)
+        set_peft_model_state_dict(model, best)
+        model.save_pretrained(staged)
+
+        compare = {}
+        if config.compare_items:
+            items = pick_compare_items([p for p in pairs if p.split == "heldout"], config.compare_items)
+            on_stage(f"comparing base and adapter on {len(items)} held-out items")
+            started = time.perf_counter()
+            with model.disable_adapter():
+                base_scores = score_outputs(items, generate_answers(
+                    model, tokenizer, items, max_new_tokens=config.compare_max_new_tokens))
+            generator = model if quantized else model.merge_and_unload()
+            adapter_scores = score_outputs(items, generate_answers(
+                generator, tokenizer, items, max_new_tokens=config.compare_max_new_tokens))
+            compare = {
+                "items": len(items),
+                "base": base_scores.summary(),
+                "adapter": adapter_scores.summary(),
+                "wall_s": round(time.perf_counter() - started, 1),
+                "outputs": {"base": base_scores.outputs, "adapter": adapter_scores.outputs},
+            }
+        manifest = {
+            "base_model": base,
+            "method": "qlora" if quantized else "lora",
+            "dataset_hash": dataset_hash,
+            "dataset_path": str(folder),
+            "eval_set_hash": file_sha256(settings.gold_set_file),
+            "config": config.to_json(),
+            "metrics": {
+                "training": {
+                    "steps": result.steps, "tokens": result.tokens, "wall_s": round(result.wall_s, 1),
+                    "tokens_per_s": round(result.tokens_per_s, 1), "train_loss": round(result.train_loss, 4),
+                    "eval_loss": None if result.eval_loss is None else round(result.eval_loss, 4),
+                    "best_step": result.best_step, "stopped": result.stopped,
+                    "eval_history": result.eval_history, "train_pairs": len(train),
+                    "heldout_pairs": len(heldout), "skipped_too_long": len(too_long),
+                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                },
+                "compare": {k: v for k, v in compare.items() if k != "outputs"},
+            },
+            "versions": _library_versions(),
+        }
+        if compare:
+            import json
+
+            (staged / "compare-outputs.json").write_text(json.dumps(compare["outputs"], indent=1))
+        return registry.register(staged, manifest)
+
+
+def _library_versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

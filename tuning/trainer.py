@@ -1,0 +1,211 @@
+"""The training loop: PEFT LoRA (or QLoRA) with the loss on response tokens only.
+
+Why our own loop and not HF `Trainer`/TRL `SFTTrainer`: it is short, it reads top to bottom,
+and it is measurably faster here (`policyrag bench tuning`): bf16 autocast, length-bucketed
+batches, and the LM head (49k-token vocabulary) run only at the response positions where the
+loss is taken, instead of over the whole ~700-token prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tuning.config import TrainConfig
+from tuning.examples import IGNORE, Example, batches, collate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int
+    max_steps: int
+    loss: float
+    tokens: int  # real (non-padding) tokens processed so far
+    elapsed_s: float
+    eval_loss: float | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def eta_s(self) -> float:
+        return self.elapsed_s / self.step * (self.max_steps - self.step) if self.step else math.inf
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    wall_s: float
+    train_loss: float
+    eval_loss: float | None
+    best_step: int
+    stopped: str  # max_steps | early_stop | time_budget
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+
+def count_parameters(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                total += math.prod(handle.get_slice(name).get_shape())
+    return total
+
+
+def load_for_training(model_dir: Path, config: TrainConfig):
+    """The base model with fresh LoRA adapters attached; QLoRA loads the base in 4-bit NF4."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(config.seed)
+    quantize = config.method == "qlora" or count_parameters(model_dir) > config.qlora_above_params
+    if quantize:
+        from transformers import BitsAndBytesConfig
+
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            ),
+            dtype=torch.float32,
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lora = LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        target_modules=config.target_modules, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), quantize
+
+
+def response_loss(model, batch: dict[str, torch.Tensor], *, logits_only_on_response: bool) -> torch.Tensor:
+    """Mean cross-entropy over response tokens (labels != IGNORE), next-token shifted."""
+    labels = batch["labels"][:, 1:]
+    if not logits_only_on_response:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+    base = model.get_base_model()
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    keep = labels != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), labels[keep])
+
+
+def train_loop(
+    model,
+    train: Sequence[Example],
+    heldout: Sequence[Example],
+    config: TrainConfig,
+    *,
+    pad_id: int,
+    on_step: Callable[[StepInfo], None] = lambda info: None,
+) -> tuple[TrainResult, dict[str, torch.Tensor]]:
+    """Train; returns the result and the best LoRA weights (by held-out loss, else the last)."""
+    if not train:
+        raise ValueError("no training examples")
+    # 1. determinism: one seed for torch and for batch order
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    stream = batches(train, config.batch_size, seed=config.seed, bucketing=config.bucketing)
+    rng = random.Random(config.seed)
+    eval_set = rng.sample(list(heldout), min(config.eval_examples, len(heldout)))
+    autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+    best_loss, best_step, best_state, bad_evals = math.inf, 0, None, 0
+    history: list[tuple[int, float]] = []
+    tokens, losses, stopped = 0, [], "max_steps"
+    started = time.perf_counter()
+    step = 0
+    for step in range(1, config.max_steps + 1):
+        # 2. learning rate: linear warm-up, then cosine decay to 10% of the peak
+        if step <= config.warmup_steps:
+            lr = config.learning_rate * step / config.warmup_steps
+        else:
+            progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+            lr = config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # 3. forward on one length-bucketed batch, backward, clip, update
+        examples = next(stream)
+        batch = collate(examples, pad_id)
+        model.train()
+        with torch.autocast(**autocast):
+            loss = response_loss(model, batch, logits_only_on_response=config.response_logits_only)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(batch["attention_mask"].sum())
+        losses.append(loss.item())
+        # 4. held-out loss every eval_every steps; keep the best weights; stop when it stalls
+        eval_loss = None
+        if eval_set and (step % config.eval_every == 0 or step == config.max_steps):
+            eval_loss = evaluate_loss(model, eval_set, config, pad_id=pad_id)
+            history.append((step, eval_loss))
+            if eval_loss < best_loss - 1e-4:
+                best_loss, best_step, bad_evals = eval_loss, step, 0
+                best_state = _lora_state(model)
+            else:
+                bad_evals += 1
+        elapsed = time.perf_counter() - started
+        on_step(StepInfo(step, config.max_steps, losses[-1], tokens, elapsed, eval_loss))
+        if bad_evals >= config.patience:
+            stopped = "early_stop"
+            break
+        if config.time_budget_s is not None and elapsed >= config.time_budget_s:
+            stopped = "time_budget"
+            break
+    wall = time.perf_counter() - started
+    if best_state is None:
+        best_state, best_step = _lora_state(model), step
+    result = TrainResult(
+        steps=step, tokens=tokens, wall_s=wall,
+        train_loss=sum(losses[-8:]) / len(losses[-8:]),
+        eval_loss=None if best_loss == math.inf else best_loss,
+        best_step=best_step, stopped=stopped, eval_history=history,
+    )
+    return result, best_state
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples: Sequence[Example], config: TrainConfig, *, pad_id: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    for start in range(0, len(examples), config.batch_size):
+        chunk = examples[start:start + config.batch_size]
+        with torch.autocast(**autocast):
+            loss = response_loss(model, collate(chunk, pad_id), logits_only_on_response=True)
+        n = sum(e.response_tokens for e in chunk)
+        total += float(loss) * n
+        count += n
+    return total / count
+
+
+def _lora_state(model) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return copy.deepcopy({k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
