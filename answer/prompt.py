@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 SYSTEM_PROMPT = """\
-You answer employees' questions about the company's policies. Use only the passages given.
-Reply with one JSON object and nothing else:
-{"status": "answered", "answer": "<one or two short sentences>", "citations": [{"id": "<passage id>", "quote": "<exact words copied from that passage>"}], "reason": null}
-If the passages do not answer the question, refuse: {"status": "refused", "answer": null, "citations": [], "reason": R}
-with R = "no_authorized_source" when no passage covers the subject, "not_in_policy" when they cover it but do not say this, "out_of_scope" when it is not a policy question.
-If the question is about the asker's own case (discipline, health, a pay dispute, a complaint), reply with "status": "escalate", "reason": "needs_human" and say which team to contact."""
+Answer questions about company policy from the passages only, as one JSON object with keys status, answer, citations, reason.
+answered: answer in one or two sentences; citations [{"id": passage id, "quote": exact words from it}]; reason null.
+refused (answer null, citations []): reason "no_authorized_source" if no passage is on the subject, "not_in_policy" if none says this point, "out_of_scope" if not about policy.
+escalate (reason "needs_human"): the asker's own case (discipline, health, pay dispute, complaint); answer names the team to contact."""
 
 NO_PASSAGES = "(no passages)"
 
@@ -39,6 +37,14 @@ def render_passages(passages: Sequence[PromptPassage]) -> str:
 
 def render_user_message(question: str, passages: Sequence[PromptPassage]) -> str:
     return f"Passages:\n{render_passages(passages)}\n\nQuestion: {question.strip()}"
+
+
+def prompt_fingerprint() -> str:
+    """Identifies the prompt an adapter was trained with (recorded in its manifest)."""
+    import hashlib
+
+    sample = render_user_message("Q?", [PromptPassage("d@v1#c0", "T", ("S",), "X")])
+    return hashlib.sha256(f"{SYSTEM_PROMPT}\0{sample}".encode()).hexdigest()[:16]
 
 
 def build_messages(question: str, passages: Sequence[PromptPassage]) -> list[dict[str, str]]:

@@ -58,6 +58,9 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # bitsandbytes warns on import that an optional GPU-kernel hub package is absent; 4-bit NF4
+    # works without it on this CPU
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 @app.command()
@@ -287,6 +290,28 @@ def bench_retrieval(
     print_retrieval_results(results["latency_recall"], console)
     if quality:
         print_quality_results(results["quality"], console)
+
+
+@bench_app.command("tuning")
+def bench_tuning(
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps per trainer")] = 12,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    repeats: Annotated[int, typer.Option(min=1, help="alternating runs of each trainer")] = 1,
+    dataset: Annotated[Path | None, typer.Option(help="dataset folder (default: the latest)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Training tokens/s and peak memory: our loop vs HF Trainer + PEFT, same data and steps."""
+    from eval.bench_tuning import print_tuning_results, run_tuning_benchmark
+
+    try:
+        results = run_tuning_benchmark(steps=steps, batch_size=batch_size, repeats=repeats,
+                                       dataset=dataset, console=err_console)
+    except PolicyRagError as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(results))
+    else:
+        print_tuning_results(results, console)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -135,10 +135,16 @@ class Retriever:
         )
         hits = self.store.query(request)
         if dense is None:
-            return [_passage(h, None) for h in hits[:k]]
+            return [_passage(h, None) for h in sorted(hits, key=lambda h: (-h.score, h.id))[:k]]
         # the dense cosine of each hit, computed once: the floor, MMR and Passage all use it
         relevance = {h.id: _cosine(dense, h.dense) for h in hits}
-        hits = [h for h in hits if relevance[h.id] >= self.score_floor]
+        # RRF gives equal scores to e.g. (dense #1, sparse #2) and (dense #2, sparse #1), and the
+        # store orders such ties arbitrarily; break them by dense relevance, then id, so the same
+        # question always gets the same passages (reproducible datasets, audits and evals)
+        hits = sorted(
+            (h for h in hits if relevance[h.id] >= self.score_floor),
+            key=lambda h: (-round(h.score, 9), -relevance[h.id], h.id),
+        )
         return [_passage(h, relevance[h.id]) for h in self._diversify(hits, relevance, k)]
 
     def _diversify(

@@ -95,6 +95,11 @@ def train(
                 if extra:
                     fields["eval"] = extra
                 progress.update(task, completed=info.step, **fields)
+                if not err_console.is_terminal and (info.step == 1 or info.eval_loss is not None):
+                    # logs and CI get a plain line now and then instead of a live bar
+                    err_console.print(
+                        f"step {info.step}/{info.max_steps}  loss {info.loss:.3f}{extra}  "
+                        f"{info.tokens_per_s:.0f} tok/s  ETA {info.eta_s:.0f} s", markup=False)
 
             def on_stage(stage: str) -> None:
                 progress.console.print(f"[dim]{stage}[/]")
@@ -109,6 +114,26 @@ def train(
     except PolicyRagError as exc:
         _fail(exc)
     _print_record(record, as_json)
+
+
+@tune_app.command("compare")
+def compare(
+    version: str,
+    items: Annotated[int, typer.Option(min=1, help="held-out items (spread over target kinds)")] = 60,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Base model vs adapter VERSION on held-out pairs: schema validity and refusal accuracy."""
+    from tuning.train import compare_registered
+
+    try:
+        with err_console.status(f"generating {items} answers with the base model and with {version}"):
+            result = compare_registered(get_settings(), version, items=items)
+    except PolicyRagError as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    _print_compare(result)
 
 
 @adapters_app.command("list")
@@ -226,6 +251,11 @@ def _print_record(record, as_json: bool) -> None:
                   f"{training['wall_s']} s = {training['tokens_per_s']} tok/s, held-out loss "
                   f"{training['eval_loss']} (best step {training['best_step']}), peak RSS {training['peak_rss_mib']} MiB")
     compare = m["metrics"].get("compare") or {}
+    if compare:
+        _print_compare(compare)
+
+
+def _print_compare(compare: dict) -> None:
     if compare:
         table = Table(title=f"base vs adapter, same prompt, {compare['items']} held-out items, no constrained decoding")
         for column in ("", "schema valid", "citations verify", "status acc.", "refusal acc."):

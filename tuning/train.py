@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from answer.prompt import prompt_fingerprint
 from ingest.settings import Settings
 from tuning.compare import generate_answers, pick_compare_items, score_outputs
 from tuning.config import TrainConfig
@@ -87,24 +88,13 @@ def train_adapter(
         if config.compare_items:
             items = pick_compare_items([p for p in pairs if p.split == "heldout"], config.compare_items)
             on_stage(f"comparing base and adapter on {len(items)} held-out items")
-            started = time.perf_counter()
-            with model.disable_adapter():
-                base_scores = score_outputs(items, generate_answers(
-                    model, tokenizer, items, max_new_tokens=config.compare_max_new_tokens))
-            generator = model if quantized else model.merge_and_unload()
-            adapter_scores = score_outputs(items, generate_answers(
-                generator, tokenizer, items, max_new_tokens=config.compare_max_new_tokens))
-            compare = {
-                "items": len(items),
-                "base": base_scores.summary(),
-                "adapter": adapter_scores.summary(),
-                "wall_s": round(time.perf_counter() - started, 1),
-                "outputs": {"base": base_scores.outputs, "adapter": adapter_scores.outputs},
-            }
+            compare = compare_with_base(model, tokenizer, items, max_new_tokens=config.compare_max_new_tokens,
+                                        mergeable=not quantized)
         manifest = {
             "base_model": base,
             "method": "qlora" if quantized else "lora",
             "dataset_hash": dataset_hash,
+            "prompt_fingerprint": prompt_fingerprint(),
             "dataset_path": str(folder),
             "eval_set_hash": file_sha256(settings.gold_set_file),
             "config": config.to_json(),
@@ -127,6 +117,39 @@ def train_adapter(
 
             (staged / "compare-outputs.json").write_text(json.dumps(compare["outputs"], indent=1))
         return registry.register(staged, manifest)
+
+
+def compare_with_base(model, tokenizer, items, *, max_new_tokens: int, mergeable: bool) -> dict:
+    """Generate with the adapter switched off, then on (merged when possible, which is faster);
+    same prompt, greedy, no constrained decoding. `model` is a PeftModel; merging consumes it."""
+    started = time.perf_counter()
+    with model.disable_adapter():
+        base_scores = score_outputs(items, generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens))
+    generator = model.merge_and_unload() if mergeable else model
+    adapter_scores = score_outputs(items, generate_answers(generator, tokenizer, items, max_new_tokens=max_new_tokens))
+    return {
+        "items": len(items),
+        "base": base_scores.summary(),
+        "adapter": adapter_scores.summary(),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "outputs": {"base": base_scores.outputs, "adapter": adapter_scores.outputs},
+    }
+
+
+def compare_registered(settings: Settings, version: str, *, items: int, max_new_tokens: int = 160,
+                       registry: AdapterRegistry | None = None) -> dict:
+    """Re-run the base-vs-adapter comparison for a registered adapter on its dataset's held-out
+    pairs (more items than the quick check at the end of training)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    record = (registry or AdapterRegistry(settings.adapters_dir)).load(version)
+    pairs, _ = load_dataset(Path(record.manifest["dataset_path"]))
+    chosen = pick_compare_items([p for p in pairs if p.split == "heldout"], items)
+    base_dir = Path(record.manifest["base_model"]["path"])
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), record.path)
+    return compare_with_base(model, tokenizer, chosen, max_new_tokens=max_new_tokens, mergeable=True)
 
 
 def _library_versions() -> dict[str, str]:

@@ -148,18 +148,25 @@ def train_loop(
             lr = config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # 3. forward on one length-bucketed batch, backward, clip, update
+        # 3. one length-bucketed batch in micro-batches (gradients accumulate, each weighted by
+        #    its share of response tokens so the step sees the batch's mean loss), clip, update
         examples = next(stream)
-        batch = collate(examples, pad_id)
         model.train()
-        with torch.autocast(**autocast):
-            loss = response_loss(model, batch, logits_only_on_response=config.response_logits_only)
-        loss.backward()
+        total_response = sum(e.response_tokens for e in examples)
+        step_loss = 0.0
+        for start in range(0, len(examples), config.micro_batch_size):
+            micro = examples[start:start + config.micro_batch_size]
+            batch = collate(micro, pad_id)
+            with torch.autocast(**autocast):
+                loss = response_loss(model, batch, logits_only_on_response=config.response_logits_only)
+            share = sum(e.response_tokens for e in micro) / total_response
+            (loss * share).backward()
+            step_loss += loss.item() * share
+            tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        tokens += int(batch["attention_mask"].sum())
-        losses.append(loss.item())
+        losses.append(step_loss)
         # 4. held-out loss every eval_every steps; keep the best weights; stop when it stalls
         eval_loss = None
         if eval_set and (step % config.eval_every == 0 or step == config.max_steps):
@@ -195,8 +202,8 @@ def evaluate_loss(model, examples: Sequence[Example], config: TrainConfig, *, pa
     model.eval()
     total, count = 0.0, 0
     autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    for start in range(0, len(examples), config.batch_size):
-        chunk = examples[start:start + config.batch_size]
+    for start in range(0, len(examples), config.micro_batch_size):
+        chunk = examples[start:start + config.micro_batch_size]
         with torch.autocast(**autocast):
             loss = response_loss(model, collate(chunk, pad_id), logits_only_on_response=True)
         n = sum(e.response_tokens for e in chunk)

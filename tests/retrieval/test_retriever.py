@@ -115,3 +115,17 @@ def test_near_duplicates_are_collapsed(tmp_path, make_ingestor, embedder):
     assert len(r.search("where can I park my bicycle", "alice", k=4)) == 1
     keep_all = Retriever(ing.store, embedder, load_directory(CORPUS / "directory.yaml"), duplicate_threshold=1.01)
     assert len(keep_all.search("where can I park my bicycle", "alice", k=4)) == 4
+
+
+def test_rrf_ties_are_broken_by_relevance_then_id(retriever):
+    questions = ["How many days of leave can I buy each year?", "legal hold responsibilities",
+                 "short-term disability claim", "partner leave pay", "meal allowance"]
+    ties = 0
+    for question in questions:
+        passages = retriever.search(question, "hannah", k=10)
+        for a, b in zip(passages, passages[1:]):
+            if round(a.score, 9) == round(b.score, 9):
+                ties += 1
+                assert (-a.relevance, a.citation_id) <= (-b.relevance, b.citation_id)
+        assert [p.citation_id for p in passages] == [p.citation_id for p in retriever.search(question, "hannah", k=10)]
+    assert ties  # the corpus does produce RRF ties, so the rule above was exercised

@@ -1,0 +1,159 @@
+"""The trainer on the real base model (SmolLM2-135M): response-only loss, determinism, and a
+short real training run that lands in the registry only when it finishes."""
+
+import json
+
+import pytest
+import torch
+
+from answer.contract import render_answer, refusal
+from tuning.config import TrainConfig
+from tuning.dataset import DatasetReport, write_dataset
+from tuning.examples import IGNORE, Example, batches, collate, encode_pair
+from tuning.pairs import ContextPassage, TrainingPair
+from tuning.registry import AdapterRegistry
+from tuning.trainer import load_for_training, response_loss, train_loop
+
+MEAL = ContextPassage(citation_id="expenses@v2#c4", doc_id="expenses", title="Expenses Policy", section_path=("3.1 Meals",),
+                      text="The daily meal allowance is GBP 55 in the UK, USD 70 in the US and EUR 60 in Germany.")
+ANSWER = json.dumps({"status": "answered", "answer": "It is GBP 55 a day in the UK.",
+                     "citations": [{"id": "expenses@v2#c4", "quote": "GBP 55 in the UK"}], "reason": None})
+
+
+def pairs(n=8):
+    out = []
+    for i in range(n):
+        answered = i % 2 == 0
+        out.append(TrainingPair(
+            id=f"s{i}/original/1", seed_id=f"s{i}", variant="original", user="alice",
+            instruction=f"Question {i}: what is the daily meal allowance?" if answered else f"Question {i}: write a poem",
+            context=(MEAL,), response=ANSWER if answered else render_answer(refusal("out_of_scope")),
+            split="heldout" if i >= n - 2 else "train",
+        ))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model_dir)
+
+
+def test_labels_cover_exactly_the_response_and_the_end_of_turn(tokenizer):
+    example = encode_pair(tokenizer, pairs()[0])
+    response = [t for t in example.labels if t != IGNORE]
+    assert tokenizer.decode(response) == ANSWER + "<|im_end|>"
+    prompt = tokenizer.decode(example.input_ids[: len(example.input_ids) - len(response)])
+    assert prompt.endswith("<|im_start|>assistant\n") and "[expenses@v2#c4] Expenses Policy > 3.1 Meals" in prompt
+
+
+def test_response_only_logits_give_the_same_loss_as_the_full_head(base_model_dir, tokenizer):
+    model, _ = load_for_training(base_model_dir, TrainConfig(dropout=0.0))
+    model.eval()
+    batch = collate([encode_pair(tokenizer, p) for p in pairs(3)], tokenizer.pad_token_id or 0)
+    with torch.no_grad():
+        sliced = response_loss(model, batch, logits_only_on_response=True)
+        full = response_loss(model, batch, logits_only_on_response=False)
+    assert torch.allclose(sliced, full, atol=1e-4), (sliced, full)
+
+
+def test_length_bucketing_cuts_padding():
+    examples = [Example(str(i), [1] * (50 + (i * 37) % 400), [IGNORE] * (50 + (i * 37) % 400)) for i in range(64)]
+
+    def padding(bucketing):
+        stream = batches(examples, 4, seed=0, bucketing=bucketing)
+        total = 0
+        for _ in range(16):
+            batch = next(stream)
+            width = max(len(e.input_ids) for e in batch)
+            total += sum(width - len(e.input_ids) for e in batch)
+        return total
+
+    assert padding(True) < padding(False) / 4
+
+
+def test_same_seed_same_adapter_weights(base_model_dir, tokenizer):
+    examples = [encode_pair(tokenizer, p) for p in pairs(4)]
+    config = TrainConfig(max_steps=2, batch_size=2, eval_examples=0)
+
+    def run(seed):
+        cfg = TrainConfig(**{**config.to_json(), "seed": seed})
+        model, _ = load_for_training(base_model_dir, cfg)
+        _, state = train_loop(model, examples, [], cfg, pad_id=0)
+        return state
+
+    a, b, c = run(0), run(0), run(1)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_registers_a_self_describing_adapter_and_never_promotes(base_model_dir, tuning_settings):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuning.export import export_merged
+    from tuning.train import train_adapter
+
+    folder = write_dataset(pairs(), DatasetReport(), tuning_settings.datasets_dir)
+    registry = AdapterRegistry(tuning_settings.adapters_dir)
+    steps = []
+    config = TrainConfig(max_steps=3, batch_size=2, eval_every=2, eval_examples=2, compare_items=2, compare_max_new_tokens=24)
+    record = train_adapter(tuning_settings, config, dataset=folder, registry=registry, on_step=steps.append)
+
+    assert record.version == "v1" and registry.promoted_version() is None
+    m = record.manifest
+    assert m["dataset_hash"].startswith(folder.name) and m["base_model"]["name"] == "SmolLM2-135M-Instruct"
+    assert len(m["base_model"]["sha256"]) == 64 and m["config"]["max_steps"] == 3
+    assert m["metrics"]["training"]["steps"] == 3 and m["metrics"]["training"]["eval_loss"] is not None
+    assert m["metrics"]["compare"]["items"] == 2 and "schema_valid" in m["metrics"]["compare"]["adapter"]
+    assert [s.step for s in steps] == [1, 2, 3] and steps[-1].tokens_per_s > 0
+    assert registry.load("v1").manifest["files"]["adapter_model.safetensors"]
+
+    # merged export computes what base + adapter computes
+    out = export_merged(record, tuning_settings.data_dir / "merged")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), record.path)
+        merged = AutoModelForCausalLM.from_pretrained(out)
+        assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-3)
+    assert json.loads((out / "policyrag-merged.json").read_text())["merged_from"] == "v1"
+
+
+def test_a_training_run_that_dies_leaves_the_registry_as_it_was(base_model_dir, tuning_settings):
+    from tuning.train import train_adapter
+
+    folder = write_dataset(pairs(), DatasetReport(), tuning_settings.datasets_dir)
+    registry = AdapterRegistry(tuning_settings.adapters_dir)
+
+    def die(info):
+        if info.step == 2:
+            raise RuntimeError("out of memory (simulated inside the real loop)")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_adapter(tuning_settings, TrainConfig(max_steps=4, batch_size=2, compare_items=0),
+                      dataset=folder, registry=registry, on_step=die)
+    assert registry.versions() == [] and registry.promoted_version() is None
+    assert not list((tuning_settings.adapters_dir / ".staging").iterdir())
+
+
+def test_qlora_loads_the_base_in_4bit_and_trains(base_model_dir, tokenizer):
+    import bitsandbytes as bnb
+
+    config = TrainConfig(method="qlora", max_steps=1, batch_size=1, eval_examples=0)
+    model, quantized = load_for_training(base_model_dir, config)
+    assert quantized
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    short = TrainingPair(**{**pairs(1)[0].model_dump(), "context": ()})
+    result, state = train_loop(model, [encode_pair(tokenizer, short)], [], config, pad_id=0)
+    assert result.steps == 1 and torch.isfinite(torch.tensor(result.train_loss)) and state
+
+
+def test_bad_training_options_name_the_field():
+    from ingest.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TrainConfig.rank must be >= 1, got 0"):
+        TrainConfig(rank=0)
+    with pytest.raises(ConfigError, match=r"unknown training option\(s\) \['epochs'\]"):
+        TrainConfig.with_overrides(epochs=3)
