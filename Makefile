@@ -33,6 +33,9 @@ bench: install
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/policyrag bench ingest
 	$(BIN)/policyrag bench retrieval
+	$(BIN)/policyrag ingest policies
+	$(BIN)/policyrag tune build-data
+	$(BIN)/policyrag bench tuning --repeats 3
 
 clean:
 	rm -rf $(VENV) data

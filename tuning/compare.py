@@ -75,11 +75,16 @@ def score_outputs(pairs: Sequence[TrainingPair], outputs: Sequence[str]) -> Gene
 
 
 def pick_compare_items(pairs: Sequence[TrainingPair], n: int) -> list[TrainingPair]:
-    """Up to n held-out pairs, spread over target kinds (round-robin by status/reason)."""
+    """Up to n held-out pairs, round-robin over target kinds (status/reason), and within a kind
+    one variant per seed before a second one of any seed, so a few seeds do not fill the set."""
     by_kind: dict[str, list[TrainingPair]] = {}
+    nth: dict[str, int] = {}
     for pair in sorted(pairs, key=lambda p: p.id):
         data = json.loads(pair.response)
+        nth[pair.id] = sum(1 for other in by_kind.get(f"{data['status']}/{data['reason']}", []) if other.seed_id == pair.seed_id)
         by_kind.setdefault(f"{data['status']}/{data['reason']}", []).append(pair)
+    for kind in by_kind:
+        by_kind[kind].sort(key=lambda p: (nth[p.id], p.id))
     picked: list[TrainingPair] = []
     while len(picked) < n and any(by_kind.values()):
         for kind in sorted(by_kind):

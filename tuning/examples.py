@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +22,7 @@ class Example:
     pair_id: str
     input_ids: list[int]
     labels: list[int]  # IGNORE on the prompt, the token ids on the response
+    kind: str = ""  # the target's status, for balanced sampling
 
     @property
     def response_tokens(self) -> int:
@@ -40,18 +44,26 @@ def encode_pair(tokenizer, pair: TrainingPair) -> Example:
         raise ValueError(f"chat template of {tokenizer.name_or_path} does not extend the prompt")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"]
-    return Example(pair.id, prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids)
+    status = json.loads(pair.response)["status"]
+    return Example(pair.id, prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, status)
 
 
 def batches(
-    examples: Sequence[Example], batch_size: int, *, seed: int, bucketing: bool
+    examples: Sequence[Example], batch_size: int, *, seed: int, bucketing: bool, balanced: bool = False
 ) -> Iterator[list[Example]]:
     """Endless batches, epoch after epoch. With bucketing, each window of 16 batches is sorted by
     length before it is cut, so a batch holds examples of similar length (little padding), and
     the batches are then shuffled so lengths do not run in order."""
     rng = random.Random(seed)
-    order = list(examples)
+    counts = Counter(e.kind for e in examples)
+    # balanced: a kind n times rarer than the commonest is drawn sqrt(n) times as often, so the
+    # few refusal and escalation targets are seen enough in a short run without flooding it
+    weight = {k: math.sqrt(max(counts.values()) / c) if balanced else 1.0 for k, c in counts.items()}
     while True:
+        order = []
+        for e in examples:
+            w = weight[e.kind]
+            order += [e] * (int(w) + (rng.random() < w - int(w)))
         rng.shuffle(order)
         cut: list[list[Example]] = []
         window = batch_size * 16 if bucketing else batch_size

@@ -129,7 +129,7 @@ def train_loop(
     torch.manual_seed(config.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-    stream = batches(train, config.batch_size, seed=config.seed, bucketing=config.bucketing)
+    stream = batches(train, config.batch_size, seed=config.seed, bucketing=config.bucketing, balanced=config.balanced)
     rng = random.Random(config.seed)
     eval_set = rng.sample(list(heldout), min(config.eval_examples, len(heldout)))
     autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")

@@ -117,7 +117,10 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
     with torch.no_grad():
         peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), record.path)
         merged = AutoModelForCausalLM.from_pretrained(out)
-        assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-3)
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir)
+        merge_error = (peft_model(ids).logits - merged(ids).logits).abs().max()
+        adapter_effect = (base(ids).logits - merged(ids).logits).abs().max()
+        assert merge_error < 0.01 and merge_error < adapter_effect / 10, (merge_error, adapter_effect)
     assert json.loads((out / "policyrag-merged.json").read_text())["merged_from"] == "v1"
 
 
@@ -157,3 +160,13 @@ def test_bad_training_options_name_the_field():
         TrainConfig(rank=0)
     with pytest.raises(ConfigError, match=r"unknown training option\(s\) \['epochs'\]"):
         TrainConfig.with_overrides(epochs=3)
+
+
+def test_compare_items_spread_over_kinds_and_seeds():
+    from tuning.compare import pick_compare_items
+
+    many = [TrainingPair(**{**p.model_dump(), "id": f"{p.seed_id}/paraphrase/{j}"}) for p in pairs(8) for j in (1, 2, 3)]
+    picked = pick_compare_items(many, 8)
+    assert len({p.seed_id for p in picked}) == 8  # one per seed before any seed repeats
+    kinds = [json.loads(p.response)["status"] for p in picked]
+    assert kinds.count("answered") == kinds.count("refused") == 4
