@@ -126,7 +126,10 @@ class Retriever:
             raise ConfigError(f"k must be at least 1, got {k}")
         request = StoreQuery(
             filter=build_acl_filter(principal, filters),
-            limit=max(k * 3, k + 10),  # headroom for the floor, duplicates and MMR
+            # hybrid: the whole fused pool (both prefetches), because RRF ties are common and the
+            # store cuts a tie at `limit` arbitrarily; after the floor removes sparse-only hits a
+            # cut tie can reach the top k. Single-mode: headroom for the floor, duplicates, MMR.
+            limit=2 * max(self.candidates, k * 3) if dense is not None and sparse is not None else max(k * 3, k + 10),
             dense=dense,
             sparse=sparse,
             candidates=max(self.candidates, k * 3),
@@ -137,7 +140,7 @@ class Retriever:
         if dense is None:
             return [_passage(h, None) for h in sorted(hits, key=lambda h: (-h.score, h.id))[:k]]
         # the dense cosine of each hit, computed once: the floor, MMR and Passage all use it
-        relevance = {h.id: _cosine(dense, h.dense) for h in hits}
+        relevance = _cosines(dense, hits)
         # RRF gives equal scores to e.g. (dense #1, sparse #2) and (dense #2, sparse #1), and the
         # store orders such ties arbitrarily; break them by dense relevance, then id, so the same
         # question always gets the same passages (reproducible datasets, audits and evals)
@@ -168,6 +171,21 @@ class Retriever:
             if all(_cosine(best.dense, c.dense) < self.duplicate_threshold for c in chosen):
                 chosen.append(best)
         return chosen
+
+
+def _cosines(query: list[float], hits: list[ScoredChunk]) -> dict[str, float]:
+    """Dense cosine of every hit to the query, in one numpy pass (the hybrid pool is ~100)."""
+    import numpy as np
+
+    with_vectors = [h for h in hits if h.dense is not None]
+    out = {h.id: -1.0 for h in hits}
+    if with_vectors:
+        matrix = np.asarray([h.dense for h in with_vectors], dtype=np.float64)
+        q = np.asarray(query, dtype=np.float64)
+        norms = np.linalg.norm(matrix, axis=1) * np.linalg.norm(q)
+        sims = np.divide(matrix @ q, norms, out=np.full(len(with_vectors), -1.0), where=norms > 0)
+        out.update({h.id: float(v) for h, v in zip(with_vectors, sims)})
+    return out
 
 
 def _cosine(a: list[float] | None, b: list[float] | None) -> float:
