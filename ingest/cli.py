@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,6 +21,8 @@ from rich.table import Table
 
 from ingest.errors import PolicyRagError
 from ingest.settings import get_settings
+from ingest.terminal import console, err_console, print_error
+from ingest.terminal import fail as _fail
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -38,18 +39,11 @@ app.add_typer(models_app, name="models")
 bench_app = typer.Typer(help="Benchmarks, each against its baseline in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-console = Console()
-err_console = Console(stderr=True)
 
 from tuning.cli import adapters_app, tune_app  # noqa: E402  (each stage owns its sub-commands)
 
 app.add_typer(tune_app, name="tune")
 app.add_typer(adapters_app, name="adapters")
-
-
-def _fail(exc: PolicyRagError) -> None:
-    err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @app.callback()
@@ -318,5 +312,5 @@ def main() -> None:  # pragma: no cover - console entry
     try:
         app()
     except PolicyRagError as exc:
-        err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", soft_wrap=True)
+        print_error(exc)
         sys.exit(2)

@@ -124,17 +124,18 @@ class Retriever:
     ) -> list[Passage]:
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        hybrid = dense is not None and sparse is not None
         request = StoreQuery(
             filter=build_acl_filter(principal, filters),
             # hybrid: the whole fused pool (both prefetches), because RRF ties are common and the
             # store cuts a tie at `limit` arbitrarily; after the floor removes sparse-only hits a
             # cut tie can reach the top k. Single-mode: headroom for the floor, duplicates, MMR.
-            limit=2 * max(self.candidates, k * 3) if dense is not None and sparse is not None else max(k * 3, k + 10),
+            limit=2 * max(self.candidates, k * 3) if hybrid else max(k * 3, k + 10),
             dense=dense,
             sparse=sparse,
             candidates=max(self.candidates, k * 3),
             with_dense=dense is not None,
-            hnsw_ef=self.hybrid_hnsw_ef if dense is not None and sparse is not None else self.hnsw_ef,
+            hnsw_ef=self.hybrid_hnsw_ef if hybrid else self.hnsw_ef,
         )
         hits = self.store.query(request)
         if dense is None:

@@ -59,15 +59,9 @@ def build_training_data(
         rejected=dict(Counter(r.rule for r in rejections)),
         pii_replacements=pii,
         by_variant=dict(Counter(p.variant for p in pairs)),
-        by_target=dict(Counter(_target_label(p.response) for p in pairs)),
+        by_target=dict(Counter(p.target_kind for p in pairs)),
         rejections=[r.__dict__ for r in rejections],
     )
     folder = write_dataset(pairs, report, settings.datasets_dir)
     return folder, report
 
-
-def _target_label(response: str) -> str:
-    import json
-
-    data = json.loads(response)
-    return data["status"] if data["status"] == "answered" else f"{data['status']}/{data['reason']}"

@@ -7,22 +7,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ingest.errors import PolicyRagError
 from ingest.settings import get_settings
+from ingest.terminal import console, err_console
+from ingest.terminal import fail as _fail
 
 tune_app = typer.Typer(help="Training data and adapter training.", no_args_is_help=True)
 adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(exc: PolicyRagError) -> None:
-    err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @tune_app.command("build-data")

@@ -5,6 +5,7 @@ refusal accuracy (refused exactly when the target refuses)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -78,11 +79,13 @@ def pick_compare_items(pairs: Sequence[TrainingPair], n: int) -> list[TrainingPa
     """Up to n held-out pairs, round-robin over target kinds (status/reason), and within a kind
     one variant per seed before a second one of any seed, so a few seeds do not fill the set."""
     by_kind: dict[str, list[TrainingPair]] = {}
+    seen: Counter[tuple[str, str]] = Counter()  # (kind, seed) -> variants so far
     nth: dict[str, int] = {}
     for pair in sorted(pairs, key=lambda p: p.id):
-        data = json.loads(pair.response)
-        nth[pair.id] = sum(1 for other in by_kind.get(f"{data['status']}/{data['reason']}", []) if other.seed_id == pair.seed_id)
-        by_kind.setdefault(f"{data['status']}/{data['reason']}", []).append(pair)
+        kind = pair.target_kind
+        nth[pair.id] = seen[kind, pair.seed_id]
+        seen[kind, pair.seed_id] += 1
+        by_kind.setdefault(kind, []).append(pair)
     for kind in by_kind:
         by_kind[kind].sort(key=lambda p: (nth[p.id], p.id))
     picked: list[TrainingPair] = []

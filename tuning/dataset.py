@@ -96,9 +96,10 @@ def apply_rules(
                 continue
         kept.append(c)
 
-    kept, contradictions = _drop_contradictions(kept, embed, dedupe_threshold)
+    vectors = _question_vectors(kept, embed)  # one embedding pass serves both rules below
+    kept, contradictions = _drop_contradictions(kept, vectors, dedupe_threshold)
     rejected += contradictions
-    kept, duplicates = _dedupe(kept, embed, dedupe_threshold)
+    kept, duplicates = _dedupe(kept, vectors, dedupe_threshold)
     rejected += duplicates
 
     numbers: Counter[str] = Counter()
@@ -116,21 +117,24 @@ def _comparable(question: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", question.lower())).strip()
 
 
-def _question_vectors(candidates: list[Candidate], embed) -> np.ndarray:
+def _question_vectors(candidates: list[Candidate], embed) -> dict[str, np.ndarray]:
+    """Unit vector of each distinct comparable question."""
     texts = sorted({_comparable(c.question) for c in candidates})
-    vectors = dict(zip(texts, np.asarray(embed(texts), dtype=np.float32))) if texts else {}
+    return dict(zip(texts, np.asarray(embed(texts), dtype=np.float32))) if texts else {}
+
+
+def _matrix(candidates: list[Candidate], vectors: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([vectors[_comparable(c.question)] for c in candidates]) if candidates else np.zeros((0, 1))
 
 
-def _drop_contradictions(candidates: list[Candidate], embed, threshold: float):
-    groups: dict[tuple, set[str]] = defaultdict(set)
-    for c in candidates:
-        groups[(_comparable(c.question), tuple(sorted(p.citation_id for p in c.context)))].add(_response(c))
-    bad = {i for i, c in enumerate(candidates)
-           if len(groups[(_comparable(c.question), tuple(sorted(p.citation_id for p in c.context)))]) > 1}
-    vectors = _question_vectors(candidates, embed)
-    sims = vectors @ vectors.T if len(candidates) else np.zeros((0, 0))
-    for i, j in np.argwhere(np.triu(sims, 1) >= threshold):
+def _drop_contradictions(candidates: list[Candidate], vectors: dict[str, np.ndarray], threshold: float):
+    keys = [(_comparable(c.question), tuple(sorted(p.citation_id for p in c.context))) for c in candidates]
+    responses: dict[tuple, set[str]] = defaultdict(set)
+    for key, c in zip(keys, candidates):
+        responses[key].add(_response(c))
+    bad = {i for i, key in enumerate(keys) if len(responses[key]) > 1}
+    matrix = _matrix(candidates, vectors)
+    for i, j in np.argwhere(np.triu(matrix @ matrix.T, 1) >= threshold):
         a, b = candidates[i], candidates[j]
         if a.user == b.user and a.seed.id != b.seed.id and a.target.status != b.target.status:
             bad.update((int(i), int(j)))
@@ -142,14 +146,14 @@ def _drop_contradictions(candidates: list[Candidate], embed, threshold: float):
     return [c for i, c in enumerate(candidates) if i not in bad], rejections
 
 
-def _dedupe(candidates: list[Candidate], embed, threshold: float):
-    vectors = _question_vectors(candidates, embed)
+def _dedupe(candidates: list[Candidate], vectors: dict[str, np.ndarray], threshold: float):
+    matrix = _matrix(candidates, vectors)
     kept_idx: list[int] = []
     rejections = []
     by_key: dict[tuple, list[int]] = defaultdict(list)
     for i, c in enumerate(candidates):
         key = (c.user, tuple(p.citation_id for p in c.context), _response(c))
-        if any(float(vectors[i] @ vectors[j]) >= threshold for j in by_key[key]):
+        if any(float(matrix[i] @ matrix[j]) >= threshold for j in by_key[key]):
             rejections.append(Rejection(c.seed.id, c.variant, "duplicate",
                                         f"near-duplicate question (cosine >= {threshold}) with the same context and target"))
             continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
@@ -44,8 +43,7 @@ def encode_pair(tokenizer, pair: TrainingPair) -> Example:
         raise ValueError(f"chat template of {tokenizer.name_or_path} does not extend the prompt")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"]
-    status = json.loads(pair.response)["status"]
-    return Example(pair.id, prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, status)
+    return Example(pair.id, prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, pair.status)
 
 
 def batches(

@@ -19,6 +19,7 @@ everyone and must not be able to recite a document from memory.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,16 @@ class TrainingPair(BaseModel):
     context: tuple[ContextPassage, ...]
     response: str  # the canonical JSON of the target answer (answer.contract.render_answer)
     split: Literal["train", "heldout"] = "train"
+
+    @property
+    def status(self) -> str:
+        return json.loads(self.response)["status"]
+
+    @property
+    def target_kind(self) -> str:
+        """'answered', 'refused/not_in_policy', 'escalate/needs_human', ..."""
+        data = json.loads(self.response)
+        return data["status"] if data["status"] == "answered" else f"{data['status']}/{data['reason']}"
 
 
 @dataclass(frozen=True)

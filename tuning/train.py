@@ -60,7 +60,6 @@ def train_adapter(
     from peft import set_peft_model_state_dict
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     registry = registry or AdapterRegistry(settings.adapters_dir)
     folder = dataset or latest_dataset(settings.datasets_dir)
     pairs, dataset_hash = load_dataset(folder)

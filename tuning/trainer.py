@@ -8,7 +8,6 @@ loss is taken, instead of over the whole ~700-token prompt.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
@@ -132,8 +131,6 @@ def train_loop(
     stream = batches(train, config.batch_size, seed=config.seed, bucketing=config.bucketing, balanced=config.balanced)
     rng = random.Random(config.seed)
     eval_set = rng.sample(list(heldout), min(config.eval_examples, len(heldout)))
-    autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
-
     best_loss, best_step, best_state, bad_evals = math.inf, 0, None, 0
     history: list[tuple[int, float]] = []
     tokens, losses, stopped = 0, [], "max_steps"
@@ -157,7 +154,7 @@ def train_loop(
         for start in range(0, len(examples), config.micro_batch_size):
             micro = examples[start:start + config.micro_batch_size]
             batch = collate(micro, pad_id)
-            with torch.autocast(**autocast):
+            with _autocast(config):
                 loss = response_loss(model, batch, logits_only_on_response=config.response_logits_only)
             share = sum(e.response_tokens for e in micro) / total_response
             (loss * share).backward()
@@ -201,10 +198,9 @@ def train_loop(
 def evaluate_loss(model, examples: Sequence[Example], config: TrainConfig, *, pad_id: int) -> float:
     model.eval()
     total, count = 0.0, 0
-    autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
     for start in range(0, len(examples), config.micro_batch_size):
         chunk = examples[start:start + config.micro_batch_size]
-        with torch.autocast(**autocast):
+        with _autocast(config):
             loss = response_loss(model, collate(chunk, pad_id), logits_only_on_response=True)
         n = sum(e.response_tokens for e in chunk)
         total += float(loss) * n
@@ -212,7 +208,12 @@ def evaluate_loss(model, examples: Sequence[Example], config: TrainConfig, *, pa
     return total / count
 
 
+def _autocast(config: TrainConfig) -> torch.autocast:
+    """bf16 compute where configured; the LoRA weights and the optimizer stay fp32."""
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
 def _lora_state(model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
-    return copy.deepcopy({k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
