@@ -468,6 +468,11 @@ def create_app(service: Service) -> FastAPI:
         principal(authorization, x_api_key)
         return {"object": "list", "data": [{"id": "policyrag", "object": "model", "created": 0, "owned_by": "policyrag"}]}
 
+    @app.get("/v1/me", tags=["answers"], summary="Who the credential belongs to (user, groups, region)")
+    def me(authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        who = principal(authorization, x_api_key)
+        return {"user": who.user_id, "groups": list(who.groups), "region": who.region}
+
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     def healthz() -> dict:
         return {"status": "ok"}
