@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ingest.errors import PolicyRagError
+from ingest.errors import ConfigError, PolicyRagError
 from ingest.settings import get_settings
 from ingest.terminal import console, err_console, print_error
 from ingest.terminal import fail as _fail
@@ -313,6 +313,33 @@ def bench_tuning(
         console.print_json(json.dumps(results))
     else:
         print_tuning_results(results, console)
+
+
+@bench_app.command("answer")
+def bench_answer(
+    backend: Annotated[list[str] | None, typer.Option(help="vllm and/or local (default: both)")] = None,
+    single: Annotated[int, typer.Option(min=1, help="sequential requests of one user")] = 6,
+    users: Annotated[int, typer.Option(min=1, help="concurrent users")] = 8,
+    rounds: Annotated[int, typer.Option(min=1, help="requests per concurrent user")] = 2,
+    ttft: Annotated[int, typer.Option(min=1, help="streamed chats timed to the first token")] = 3,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """End-to-end latency, throughput and time to first token: vLLM vs local backend, one run."""
+    from eval.bench_answer import print_answer_results, run_answer_benchmark
+
+    backends = tuple(backend or ("vllm", "local"))
+    bad = [b for b in backends if b not in ("vllm", "local")]
+    if bad:
+        _fail(ConfigError(f"--backend must be vllm or local, got {', '.join(bad)}"))
+    try:
+        out = run_answer_benchmark(get_settings(), backends=backends, single=single, users=users, rounds=rounds,
+                                   ttft=ttft, console=err_console)
+    except PolicyRagError as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(out))
+    else:
+        print_answer_results(out, console)
 
 
 def main() -> None:  # pragma: no cover - console entry
