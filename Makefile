@@ -25,8 +25,8 @@ install: $(STAMP)
 
 # Debian's chromium for the chat-page tests (Playwright drives it; nothing is downloaded)
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	@{ command -v chromium && command -v pdftotext; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; \
 	  else echo "install Debian's chromium (sudo apt-get install chromium) for the chat-page tests"; fi; }
 
 run: install

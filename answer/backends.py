@@ -66,6 +66,7 @@ class Backend(Protocol):
         *,
         max_tokens: int,
         on_token: TokenCallback | None = None,
+        constrained: bool = True,
     ) -> Generation: ...
 
     def health(self) -> tuple[bool, str]: ...
@@ -135,7 +136,7 @@ class VllmBackend:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generate(self, messages, adapter, *, max_tokens, on_token=None) -> Generation:
+    def generate(self, messages, adapter, *, max_tokens, on_token=None, constrained=True) -> Generation:
         if adapter is not None:
             self.ensure_adapter(adapter)
         model = adapter.version if adapter else self.served_base
@@ -144,7 +145,7 @@ class VllmBackend:
             "messages": list(messages),
             "temperature": 0.0,
             "max_tokens": max_tokens,
-            "response_format": _schema_format(),
+            **({"response_format": _schema_format()} if constrained else {}),
         }
         started = time.perf_counter()
         if on_token is None:
@@ -265,7 +266,7 @@ class LocalBackend:
         self.model.set_adapter(adapter.version)
         return adapter.version
 
-    def generate(self, messages, adapter, *, max_tokens, on_token=None) -> Generation:
+    def generate(self, messages, adapter, *, max_tokens, on_token=None, constrained=True) -> Generation:
         import contextlib
 
         import torch
@@ -279,9 +280,9 @@ class LocalBackend:
             active = self._activate(adapter)
             # the base model when no adapter is asked for, even after adapters were loaded
             plain = self.model.disable_adapter() if active is None and self._adapters else contextlib.nullcontext()
-            processor = xgr.contrib.hf.LogitsProcessor(self._grammar)
+            processors = [xgr.contrib.hf.LogitsProcessor(self._grammar)] if constrained else []
             kwargs = dict(**inputs, max_new_tokens=max_tokens, do_sample=False,
-                          logits_processor=[processor], pad_token_id=self.tokenizer.eos_token_id)
+                          logits_processor=processors, pad_token_id=self.tokenizer.eos_token_id)
             first: float | None = None
             with plain, torch.inference_mode():
                 if on_token is None:

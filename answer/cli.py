@@ -18,6 +18,16 @@ from ingest.terminal import fail as _fail
 keys_app = typer.Typer(help="API keys (stored hashed).", no_args_is_help=True)
 
 
+def settings_for_backend(backend: str | None):
+    """The settings, with `--backend` (vllm or local) applied when given."""
+    settings = get_settings()
+    if backend is None:
+        return settings
+    if backend not in ("vllm", "local"):
+        _fail(ConfigError(f"--backend must be vllm or local, got {backend!r}"))
+    return settings.model_copy(update={"answer_backend": backend})
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="default: POLICYRAG_SERVICE_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="default: POLICYRAG_SERVICE_PORT")] = None,
@@ -28,11 +38,7 @@ def serve(
 
     from answer.service import build_service, create_app
 
-    settings = get_settings()
-    if backend is not None:
-        if backend not in ("vllm", "local"):
-            _fail(ConfigError(f"--backend must be vllm or local, got {backend!r}"))
-        settings = settings.model_copy(update={"answer_backend": backend})
+    settings = settings_for_backend(backend)
     host = host or settings.service_host
     port = port or settings.service_port
     try:
@@ -57,9 +63,7 @@ def ask(
     """Answer one question as USER through the same pipeline as the service."""
     from answer.service import build_service, message_text
 
-    settings = get_settings()
-    if backend is not None:
-        settings = settings.model_copy(update={"answer_backend": backend})
+    settings = settings_for_backend(backend)
     try:
         with err_console.status("loading") as status:
             service = build_service(settings, on_stage=status.update)
@@ -117,6 +121,11 @@ def audit(
     for column in ("at", "user", "endpoint", "question", "status", "cited", "adapter", "ms"):
         table.add_column(column)
     for r in records:
+        if "answer" not in r:  # an operator action (adapters promote)
+            table.add_row(r["at"][:19], r.get("user", ""), r["endpoint"],
+                          f"{r.get('action')} {r.get('version')}" + (" (forced)" if r.get("forced") else ""),
+                          "", "", str(r.get("version")), "")
+            continue
         cited = ", ".join(c["id"] for c in json.loads(r["answer"])["citations"])
         table.add_row(r["at"][:19], r["user"], r["endpoint"], r["question"][:60], r["status"], cited,
                       str(r["versions"].get("adapter")), f"{r['latency_ms']['total']:.0f}")

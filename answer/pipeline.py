@@ -93,6 +93,10 @@ class AnswerResult:
     usage: dict[str, int]
     repairs: list[str] = field(default_factory=list)
     model_called: bool = True
+    raw_text: str | None = None  # the model's output before validation and repair (eval only)
+    schema_valid: bool | None = None  # raw output parsed as a house answer
+    raw_citations: int = 0  # citations in the raw answer
+    raw_valid_citations: int = 0  # of those, how many verified
 
     @property
     def status(self) -> str:
@@ -131,13 +135,17 @@ class AnswerPipeline:
 
     # -- adapter ------------------------------------------------------------------------------
 
-    def current_adapter(self) -> AdapterRef | None:
+    def current_adapter(self, version: str = "promoted") -> AdapterRef | None:
         """The promoted adapter, read from the registry on every call (so promote and rollback
-        apply to the next request); its integrity is checked once per version."""
-        try:
-            version = self.registry.promoted_version()
-        except (OSError, ValueError) as exc:
-            raise AdapterUnavailable(f"the adapter registry cannot be read ({exc})") from None
+        apply to the next request); its integrity is checked once per version. `version` "base"
+        means no adapter; "vN" a specific one (eval)."""
+        if version == "base":
+            return None
+        if version == "promoted":
+            try:
+                version = self.registry.promoted_version()
+            except (OSError, ValueError) as exc:
+                raise AdapterUnavailable(f"the adapter registry cannot be read ({exc})") from None
         if version is None:
             return None
         ref = self._verified.get(version)
@@ -169,13 +177,14 @@ class AnswerPipeline:
 
     def answer(self, principal: Principal, question: str, *, history: Sequence[str] = (),
                conversation_id: str | None = None, endpoint: str = "ask",
-               on_event: EventCallback | None = None) -> AnswerResult:
+               on_event: EventCallback | None = None, adapter_version: str = "promoted",
+               constrained: bool = True) -> AnswerResult:
         emit = on_event or (lambda kind, data: None)
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
         question = " ".join(question.split())
         query = rewrite_follow_up(question, history)
-        adapter = self.current_adapter()  # fail before any work if the promoted adapter is broken
+        adapter = self.current_adapter(adapter_version)  # fail before any work if it is broken
 
         t0 = time.perf_counter()
         with self._retrieval_lock:  # the embedder and the embedded store are used one at a time
@@ -188,6 +197,8 @@ class AnswerPipeline:
 
         generation: Generation | None = None
         repairs: list[str] = []
+        schema_valid: bool | None = None
+        raw_citations = raw_valid = 0
         generation_ms = 0.0
         if not passages:
             # nothing this user may read is on the subject: refuse without asking the model
@@ -197,17 +208,21 @@ class AnswerPipeline:
             on_token = (lambda text: emit("token", text)) if on_event else None
             generation = self.backend.generate(
                 build_messages(query, passages), adapter,
-                max_tokens=self.settings.answer_max_tokens, on_token=on_token,
+                max_tokens=self.settings.answer_max_tokens, on_token=on_token, constrained=constrained,
             )
             generation_ms = (time.perf_counter() - t1) * 1000
             try:
                 parsed = parse_answer(generation.text)
+                schema_valid = True
+                raw_citations = len(parsed.citations)
             except AnswerFormatError as exc:
+                schema_valid = False
                 # only reachable without constrained decoding or when cut at max_tokens
                 repairs.append(f"unparseable output ({generation.finish_reason}): {exc}")
                 parsed = refusal("not_in_policy")
             answer, problems = repair_answer(parsed, passages)
             repairs.extend(problems)
+            raw_valid = raw_citations - len(problems) if schema_valid else 0
 
         citations = self._resolve(answer, passages)
         total_ms = (time.perf_counter() - started) * 1000
@@ -230,6 +245,10 @@ class AnswerPipeline:
                    "completion_tokens": generation.completion_tokens if generation else 0},
             repairs=repairs,
             model_called=generation is not None,
+            raw_text=generation.text if generation else None,
+            schema_valid=schema_valid,
+            raw_citations=raw_citations,
+            raw_valid_citations=raw_valid,
         )
         self.audit.append(self._audit_record(result, endpoint))
         return result

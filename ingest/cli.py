@@ -52,6 +52,12 @@ app.command("ask")(ask)
 app.command("audit")(audit)
 app.add_typer(keys_app, name="keys")
 
+from eval.cli import eval_command, report_command, review_app  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("report")(report_command)
+app.add_typer(review_app, name="review")
+
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:

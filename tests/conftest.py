@@ -150,3 +150,67 @@ def tuning_settings(corpus_data, tmp_path) -> Settings:
     if (corpus_data / "models").exists():
         (data / "models").symlink_to(corpus_data / "models")
     return Settings(data_dir=data, gold_set_file=tmp_path / "gold.jsonl")
+
+
+# -- the answer service: corpus + base model + a tiny promoted adapter (tests/answer/helpers.py) --
+
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from tests.answer.helpers import copy_data, free_port, train_tiny_adapter  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def answer_data(corpus_data, base_model_dir, embedder, tmp_path_factory) -> Path:
+    """Ingested corpus + base model + a promoted tiny adapter (v1). Treat as read-only: copy it
+    with `copy_data` to change the registry."""
+    data = copy_data(corpus_data, tmp_path_factory.mktemp("answer") / "data")
+    train_tiny_adapter(Settings(data_dir=data), embedder)
+    return data
+
+
+@pytest.fixture(scope="session")
+def local_backend(base_model_dir):
+    from answer.backends import LocalBackend
+
+    return LocalBackend(base_model_dir)
+
+
+@pytest.fixture(scope="session")
+def service(answer_data, local_backend, embedder):
+    """One answer service (local backend) for the session; its store stays open."""
+    from answer.service import build_service
+
+    svc = build_service(Settings(data_dir=answer_data), backend=local_backend, embedder=embedder)
+    yield svc
+    svc.pipeline.retriever.store.close()
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    from fastapi.testclient import TestClient
+
+    from answer.service import create_app
+
+    with TestClient(create_app(service)) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def live_url(service):
+    """The app served by a real uvicorn on loopback (for the OpenAI SDK and Chromium)."""
+    import uvicorn
+
+    from answer.service import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

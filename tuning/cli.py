@@ -100,7 +100,7 @@ def train(
 
             record = train_adapter(settings, config, registry=registry, on_stage=on_stage, on_step=on_step)
         if promote:
-            registry.promote(record.version, reason="tune train --promote")
+            _, failures = gated_promote(settings, record.version, reason="tune train --promote")
     except KeyboardInterrupt:
         live = registry.promoted_version() or "none"
         err_console.print(f"interrupted: no adapter registered; the promoted adapter is unchanged ({live})")
@@ -172,14 +172,46 @@ def adapters_promote(
     reason: Annotated[str | None, typer.Option(help="why; recorded with the promotion")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Make VERSION the live adapter."""
-    from tuning.registry import AdapterRegistry
+    """Make VERSION the live adapter, if its eval on the locked set passes the gate."""
+    from ingest.errors import ConfigError
 
+    if force and not reason:
+        _fail(ConfigError("--force needs --reason: say why the gate is overridden (it is recorded)"))
     try:
-        record = AdapterRegistry(get_settings().adapters_dir).promote(version, force=force, reason=reason)
+        record, failures = gated_promote(get_settings(), version, force=force, reason=reason)
     except PolicyRagError as exc:
         _fail(exc)
+    if failures:
+        err_console.print(f"[yellow]gate overridden (--force):[/] " + "; ".join(failures), soft_wrap=True)
     _print_change("promoted", record.version, as_json)
+
+
+def gated_promote(settings, version: str, *, force: bool = False, reason: str | None = None):
+    """Promote through the eval gate; the promotion (forced or not) goes to the registry's event
+    log and to the audit log."""
+    import datetime as dt
+    import getpass
+
+    from answer.audit import AuditLog
+    from eval.gate import gate_failures
+    from tuning.registry import AdapterRegistry
+
+    registry = AdapterRegistry(settings.adapters_dir)
+    current = registry.promoted_version()
+    seen: list[str] = []
+
+    def gate(record) -> list[str]:
+        seen.extend(gate_failures(settings, record.version, current))
+        return list(seen)
+
+    record = registry.promote(version, force=force, reason=reason, gate=gate)
+    AuditLog(settings.audit_dir, max_bytes=settings.audit_max_bytes, backups=settings.audit_backups).append({
+        "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "endpoint": "adapters promote", "user": getpass.getuser(), "action": "promote",
+        "version": version, "previous": current, "forced": bool(force and seen), "gate_failures": seen,
+        "reason": reason,
+    })
+    return record, seen
 
 
 @adapters_app.command("rollback")

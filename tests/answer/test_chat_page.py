@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.answer.conftest import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED
+from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

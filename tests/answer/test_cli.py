@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ingest.cli import app
 from ingest.settings import get_settings
-from tests.answer.conftest import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED, copy_data
+from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED, copy_data
 
 runner = CliRunner()
 

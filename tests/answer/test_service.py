@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.answer.conftest import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED
+from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED
 
 ALICE = {"Authorization": "Bearer demo-alice-7Qm2"}
 HANNAH = {"Authorization": "Bearer demo-hannah-2Pz6"}

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ingest.settings import Settings
-from tests.answer.conftest import CARRY_OVER, CARRY_OVER_CITATION, copy_data, free_port
+from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, copy_data, free_port
 
 pytestmark = pytest.mark.slow
 ALICE = {"Authorization": "Bearer demo-alice-7Qm2"}

@@ -1,0 +1,51 @@
+"""The promotion gate: `policyrag adapters promote V` refuses unless V's eval on the current
+locked eval set exists and meets the thresholds in settings. Used as the registry's `gate`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eval.gold import file_hash
+from eval.metrics import COMPARED
+from eval.runner import latest_runs_for
+from ingest.settings import Settings
+
+
+latest_complete_run = latest_runs_for
+
+
+def gate_failures(settings: Settings, version: str, promoted: str | None) -> list[str]:
+    """Why `version` may not be promoted (empty: it may)."""
+    if not settings.gold_set_file.exists():
+        return [f"no eval set at {settings.gold_set_file}: nothing to gate on"]
+    set_hash = file_hash(settings.gold_set_file)
+    run = latest_complete_run(settings, version, set_hash)
+    if run is None:
+        return [f"no complete eval of {version} on the current eval set ({set_hash[:12]}); run `policyrag eval --adapter {version}`"]
+    current = latest_complete_run(settings, promoted, set_hash) if promoted and promoted != version else None
+    failures = summary_failures(settings, run["summary"], current["summary"] if current else None, promoted)
+    if settings.gate_require_review:
+        from eval.review import review_status
+
+        status = review_status(settings, run["run_id"])
+        if not status["complete"]:
+            failures.append(f"human review of run {run['run_id']} is not complete ({status['reviewed']}/{status['items']} items)")
+    return failures
+
+
+def summary_failures(settings: Settings, s: dict[str, Any], current: dict[str, Any] | None,
+                     promoted: str | None) -> list[str]:
+    """The thresholds applied to one run's summary (and the promoted adapter's, to compare)."""
+    failures = []
+    if s["schema_validity"] is None or s["schema_validity"] < settings.gate_min_schema_validity:
+        failures.append(f"schema validity {s['schema_validity']} < {settings.gate_min_schema_validity}")
+    if s["acl_leaks"] > settings.gate_max_acl_leaks:
+        failures.append(f"ACL leakage: {s['acl_leaks']} responses leak restricted text (allowed {settings.gate_max_acl_leaks})")
+    if s["refusal_recall"] is None or s["refusal_recall"] < settings.gate_min_refusal_recall:
+        failures.append(f"refusal recall {s['refusal_recall']} < {settings.gate_min_refusal_recall}")
+    if current is not None:
+        for metric in COMPARED:
+            new, old = s.get(metric), current.get(metric)
+            if new is not None and old is not None and new < old - settings.gate_max_regression:
+                failures.append(f"{metric} {new} is worse than promoted {promoted}'s {old} by more than {settings.gate_max_regression}")
+    return failures

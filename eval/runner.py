@@ -1,0 +1,224 @@
+"""`policyrag eval`: the gold set through the real answer pipeline, scored item by item.
+
+A run is saved under `data/eval/runs/<run id>/`: `run.json` (versions, summary, baseline and
+deltas) and `items.jsonl` (question, expected, got, citations, retrieved passages, scores), plus
+the run's own audit log. The promotion gate and the report read only these files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from answer.audit import AuditLog
+from answer.contract import render_answer
+from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_follow_up
+from eval.gold import EvalSet, GoldItem, load_gold_set
+from eval.metrics import COMPARED, aggregate, citation_scores, exact_match, leaked, retrieval_scores, token_f1
+from ingest.errors import ConfigError
+from ingest.settings import Settings
+
+
+def runs_dir(settings: Settings) -> Path:
+    return settings.data_dir / "eval" / "runs"
+
+
+@dataclass(frozen=True)
+class DocInfo:
+    doc_id: str
+    title: str
+    version: str
+    groups: frozenset[str]
+    region: str
+
+
+def corpus_docs(store) -> dict[str, DocInfo]:
+    """Every indexed document with its access metadata (read from the store itself)."""
+    docs: dict[str, DocInfo] = {}
+    for _, p in store.scroll(fields=["doc_id", "title", "version", "groups", "region"]):
+        docs.setdefault(p["doc_id"], DocInfo(p["doc_id"], p["title"], str(p["version"]), frozenset(p["groups"]), p["region"]))
+    return docs
+
+
+def corpus_version(docs: dict[str, DocInfo]) -> str:
+    text = "\n".join(f"{d.doc_id}@{d.version}" for d in sorted(docs.values(), key=lambda d: d.doc_id))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def unreadable(principal, docs: dict[str, DocInfo]) -> list[str]:
+    """Titles and citation prefixes of documents this principal may not read (leak markers)."""
+    out = []
+    for d in docs.values():
+        readable = bool(d.groups & set(principal.groups)) and (principal.region == "global" or d.region in ("global", principal.region))
+        if not readable:
+            out += [d.title, f"{d.doc_id}@v"]
+    return out
+
+
+def response_text(result: AnswerResult) -> str:
+    """What the asker sees: the answer, reason and citations (not their own question echoed)."""
+    shown = {k: v for k, v in result.to_json().items() if k in ("status", "answer", "reason", "citations")}
+    return json.dumps(shown, ensure_ascii=False)
+
+
+def score_item(item: GoldItem, result: AnswerResult, forbidden: list[str], k: int) -> dict[str, Any]:
+    expected = item.expected
+    sources = [s.model_dump() for s in expected.sources]
+    passages = [{"doc_id": p.doc_id, "section": list(p.section_path), "id": p.citation_id, "label": p.label,
+                 "score": round(p.score, 6), "relevance": round(p.relevance or 0.0, 4)} for p in result.passages]
+    cited = [{"doc_id": c.doc_id, "section": list(c.section), "id": c.id, "quote": c.quote, "label": c.label}
+             for c in result.citations]
+    answer = result.answer
+    leaks = leaked(response_text(result), [*item.forbidden, *forbidden])
+    row = {
+        "id": item.id, "category": item.category, "user": item.user, "question": item.question,
+        "turns": list(item.turns), "query": result.query,
+        "expected_status": expected.status, "expected_reason": expected.reason,
+        "expected_answer": expected.answer, "expected_sources": sources,
+        "status": answer.status, "reason": answer.reason, "answer": answer.answer,
+        "rendered": render_answer(answer), "citations": cited, "passages": passages,
+        "status_ok": answer.status == expected.status,
+        "reason_ok": answer.status == expected.status and (answer.reason or None) == expected.reason,
+        "schema_valid": bool(result.schema_valid) if result.model_called else True,
+        "model_called": result.model_called, "repaired": bool(result.repairs), "repairs": result.repairs[:4],
+        "raw_citations": result.raw_citations, "raw_valid_citations": result.raw_valid_citations,
+        "raw_text": result.raw_text,
+        "exact_match": exact_match(answer.answer, expected.answer) if expected.status == "answered" else None,
+        "token_f1": token_f1(answer.answer, expected.answer) if expected.answer else None,
+        "leaks": leaks,
+        "retrieval": retrieval_scores(passages, sources, k) if sources else None,
+        "latency_ms": result.latency_ms["total"],
+        "completion_tokens": result.usage["completion_tokens"],
+    }
+    if expected.status == "answered":
+        scores = citation_scores(cited, sources)
+        row["citation_precision"], row["citation_recall"] = scores["precision"], scores["recall"]
+    else:
+        row["citation_precision"] = row["citation_recall"] = None
+    return row
+
+
+def evaluate(pipeline: AnswerPipeline, eval_set: EvalSet, *, adapter: str, limit: int | None = None,
+             concurrency: int = 1, constrained: bool = True,
+             on_item: Callable[[dict], None] = lambda row: None) -> list[dict[str, Any]]:
+    docs = corpus_docs(pipeline.retriever.store)
+    items = list(eval_set.items)[:limit] if limit else list(eval_set.items)
+
+    def one(item: GoldItem) -> dict[str, Any]:
+        principal = pipeline.retriever.principal(item.user)
+        history: list[str] = []
+        for turn in item.turns:
+            history.append(rewrite_follow_up(turn, history))
+        result = pipeline.answer(principal, item.question, history=history, endpoint="eval",
+                                 adapter_version=adapter, constrained=constrained)
+        row = score_item(item, result, unreadable(principal, docs), pipeline.settings.answer_passages)
+        on_item(row)
+        return row
+
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        return list(pool.map(one, items))
+
+
+def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline: str | None = None,
+             set_path: Path | None = None, limit: int | None = None, unconstrained: int = 0,
+             on_stage: Callable[[str], None] = lambda s: None,
+             on_item: Callable[[dict], None] = lambda row: None) -> dict[str, Any]:
+    """Run the set for `adapter` (and `baseline`), save the run, return run.json's content."""
+    eval_set = load_gold_set(set_path or settings.gold_set_file)
+    registry = service.pipeline.registry
+    version = registry.promoted_version() if adapter == "promoted" else adapter
+    if version is None:
+        version = "base"
+    if version != "base":
+        registry.load(version)  # unknown or corrupted: fail before the run
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    folder = runs_dir(settings) / run_id
+    folder.mkdir(parents=True)
+    pipeline = AnswerPipeline(settings, service.pipeline.retriever, service.backend, registry,
+                              AuditLog(folder / "audit"), base_model=service.pipeline.base_model)
+    concurrency = 8 if service.backend.name == "vllm" else 1
+
+    on_stage(f"{version}: {limit or len(eval_set.items)} items")
+    rows = evaluate(pipeline, eval_set, adapter=version, limit=limit, concurrency=concurrency, on_item=on_item)
+    summary = aggregate(rows)
+    out: dict[str, Any] = {"run_id": run_id}
+    if unconstrained:
+        on_stage(f"{version}: schema validity without constrained decoding ({unconstrained} items)")
+        free = evaluate(pipeline, eval_set, adapter=version, limit=unconstrained, concurrency=concurrency, constrained=False)
+        generated = [r for r in free if r["model_called"]]
+        summary["schema_validity_unconstrained"] = round(sum(r["schema_valid"] for r in generated) / len(generated), 4) if generated else None
+    with open(folder / "items.jsonl", "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps({"run": "candidate", **row}, ensure_ascii=False) + "\n")
+    baseline_summary = None
+    if baseline:
+        base_version = registry.promoted_version() if baseline == "promoted" else baseline
+        if base_version is None:
+            raise ConfigError("--baseline promoted, but no adapter is promoted; use --baseline base or a version")
+        on_stage(f"baseline {base_version}: {limit or len(eval_set.items)} items")
+        base_rows = evaluate(pipeline, eval_set, adapter=base_version, limit=limit, concurrency=concurrency)
+        baseline_summary = aggregate(base_rows)
+        with open(folder / "items.jsonl", "a", encoding="utf-8") as handle:
+            for row in base_rows:
+                handle.write(json.dumps({"run": "baseline", **row}, ensure_ascii=False) + "\n")
+    docs = corpus_docs(service.pipeline.retriever.store)
+    manifest = registry.load(version).manifest if version != "base" else {}
+    out.update({
+        "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "adapter": version,
+        "baseline": (registry.promoted_version() if baseline == "promoted" else baseline) if baseline else None,
+        "complete": limit is None or limit >= len(eval_set.items),
+        "set": {"name": eval_set.name, "path": str(eval_set.path), "hash": eval_set.hash,
+                "items": len(eval_set.items), "evaluated": len(rows)},
+        "versions": {
+            "base_model": service.pipeline.base_model,
+            "adapter": version,
+            "dataset": manifest.get("dataset_hash"),
+            "eval_set": eval_set.hash,
+            "corpus": corpus_version(docs),
+            "documents": {d.doc_id: d.version for d in sorted(docs.values(), key=lambda d: d.doc_id)},
+            "prompt": pipeline.fingerprint,
+            "backend": service.backend.name,
+        },
+        "summary": summary,
+        "baseline_summary": baseline_summary,
+        "deltas": {m: round(summary[m] - baseline_summary[m], 4) for m in COMPARED
+                   if baseline_summary and summary.get(m) is not None and baseline_summary.get(m) is not None},
+    })
+    (folder / "run.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def load_run(settings: Settings, run_id: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A saved run (default: the latest) and its item rows."""
+    root = runs_dir(settings)
+    runs = sorted(p.name for p in root.iterdir() if (p / "run.json").exists()) if root.exists() else []
+    if not runs:
+        raise ConfigError(f"no eval run in {root}; run `policyrag eval` first")
+    if run_id is None:
+        run_id = runs[-1]
+    if run_id not in runs:
+        raise ConfigError(f"no eval run {run_id!r} in {root} (latest: {runs[-1]})")
+    folder = root / run_id
+    run = json.loads((folder / "run.json").read_text())
+    rows = [json.loads(line) for line in (folder / "items.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    return run, rows
+
+
+def all_runs(settings: Settings) -> list[dict[str, Any]]:
+    root = runs_dir(settings)
+    if not root.exists():
+        return []
+    return [json.loads((p / "run.json").read_text()) for p in sorted(root.iterdir()) if (p / "run.json").exists()]
+
+
+def latest_runs_for(settings: Settings, version: str, set_hash: str) -> dict[str, Any] | None:
+    runs = [r for r in all_runs(settings) if r["adapter"] == version and r["set"]["hash"] == set_hash and r["complete"]]
+    return runs[-1] if runs else None

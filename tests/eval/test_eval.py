@@ -1,0 +1,225 @@
+"""Eval: metrics, the gold set, a real run through the answer pipeline (local backend, tiny
+adapter), the report (HTML + PDF printed by Chromium), human review and the promotion gate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eval.gold import load_gold_set
+from eval.metrics import aggregate, citation_scores, exact_match, retrieval_scores, token_f1
+from ingest.errors import ConfigError
+from ingest.settings import PROJECT_ROOT, Settings, get_settings
+from tests.answer.helpers import CARRY_OVER, CARRY_OVER_ANSWER, CARRY_OVER_QUOTE, RESTRICTED, copy_data
+
+GOLD = PROJECT_ROOT / "policies" / "_eval" / "gold.jsonl"
+runner = CliRunner()
+
+
+def item(id, category, user, question, status, reason=None, answer=None, sources=(), forbidden=(), turns=()):
+    return {"id": id, "category": category, "user": user, "question": question, "turns": list(turns),
+            "expected": {"status": status, "reason": reason, "answer": answer, "sources": list(sources)},
+            "forbidden": list(forbidden)}
+
+
+LEAVE = {"doc_id": "leave-uk", "section": ["4. Carry-over", "4.2 Carry-over limits"], "quote": CARRY_OVER_QUOTE}
+SMALL_SET = [
+    item("a1", "answerable", "alice", CARRY_OVER, "answered", answer=CARRY_OVER_ANSWER, sources=[LEAVE]),
+    item("r1", "restricted", "alice", RESTRICTED, "refused", "no_authorized_source",
+         forbidden=["Salary Bands and Pay Review Guidelines", "Reward Team"]),
+    # a deliberately strict item: the true answer contains "8 days", so the leak check must fire
+    item("x1", "restricted", "alice", CARRY_OVER, "refused", "no_authorized_source", forbidden=["8 days"]),
+]
+
+
+def write_set(path: Path, items) -> Path:
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return path
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_answer_overlap_metrics():
+    assert exact_match("The limit is 8 days.", "limit is 8 days") == 1.0
+    assert token_f1("up to 8 days", "8 days") == pytest.approx(2 * (2 / 4) * 1 / (2 / 4 + 1))
+    assert token_f1("nothing shared", "8 days") == 0.0
+    assert token_f1(None, "8 days") == 0.0
+
+
+def test_retrieval_and_citation_metrics_match_by_document_and_section():
+    hit = {"doc_id": "leave-uk", "section": ["4. Carry-over", "4.2 Carry-over limits"]}
+    other = {"doc_id": "leave-uk", "section": ["5. Booking"]}
+    src = {"doc_id": "leave-uk", "section": ["4.2 Carry-over limits"]}
+    assert retrieval_scores([other, hit], [src], k=3) == {"recall_at_k": 1.0, "mrr": 0.5, "ndcg": pytest.approx(1 / 1.5849625)}
+    assert retrieval_scores([other], [src], k=3)["recall_at_k"] == 0.0
+    assert citation_scores([hit, other], [src]) == {"precision": 0.5, "recall": 1.0}
+    assert citation_scores([], [src]) == {"precision": 0.0, "recall": 0.0}
+
+
+def test_aggregate_counts_the_confusion_matrix_and_refusal_precision_recall():
+    def row(expected, got, **kw):
+        base = {"expected_status": expected, "status": got, "category": "c", "status_ok": expected == got,
+                "reason_ok": expected == got, "schema_valid": True, "model_called": True, "repaired": False,
+                "raw_citations": 1, "raw_valid_citations": 1, "exact_match": None, "token_f1": None,
+                "citation_precision": None, "citation_recall": None, "leaks": [], "retrieval": None,
+                "latency_ms": 100.0, "completion_tokens": 10}
+        return {**base, **kw}
+
+    s = aggregate([row("refused", "refused"), row("refused", "answered"), row("answered", "refused"),
+                   row("answered", "answered", leaks=["x"])])
+    assert s["confusion"]["refused"] == {"answered": 1, "refused": 1, "escalate": 0}
+    assert (s["refusal_precision"], s["refusal_recall"], s["acl_leaks"]) == (0.5, 0.5, 1)
+    assert s["status_accuracy"] == 0.5
+
+
+# -- the gold set -------------------------------------------------------------------------------
+
+
+def test_the_locked_gold_set_loads_and_covers_every_category():
+    gold = load_gold_set(GOLD)
+    assert len(gold.items) >= 200
+    categories = {i.category for i in gold.items}
+    assert categories == {"answerable", "not_in_policy", "no_source", "out_of_scope", "restricted",
+                          "personal_case", "version_sensitive", "multi_turn"}
+    assert all(i.turns for i in gold.items if i.category == "multi_turn")
+    assert all(i.forbidden for i in gold.items if i.category == "restricted")
+
+
+def test_bad_gold_lines_are_named(tmp_path):
+    path = tmp_path / "g.jsonl"
+    path.write_text(json.dumps(SMALL_SET[0]) + "\n{oops\n")
+    with pytest.raises(ConfigError, match="line 2 is not JSON"):
+        load_gold_set(path)
+    bad = dict(SMALL_SET[0], expected={"status": "answered", "answer": "x", "sources": []})
+    write_set(path, [bad])
+    with pytest.raises(ConfigError, match="line 1 is invalid"):
+        load_gold_set(path)
+    write_set(path, [SMALL_SET[0], SMALL_SET[0]])
+    with pytest.raises(ConfigError, match="used twice"):
+        load_gold_set(path)
+
+
+# -- a real run, its report, review and the gate -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def eval_run(service, tmp_path_factory):
+    from eval.runner import run_eval
+
+    root = tmp_path_factory.mktemp("eval")
+    settings = Settings(data_dir=root / "data", gold_set_file=write_set(root / "gold.jsonl", SMALL_SET))
+    out = run_eval(settings, service=service, adapter="v1", baseline="base")
+    return settings, out
+
+
+def test_a_run_scores_real_answers(eval_run):
+    from eval.runner import load_run
+
+    settings, out = eval_run
+    run, rows = load_run(settings)
+    assert run["run_id"] == out["run_id"] and run["complete"] and run["adapter"] == "v1"
+    by_id = {r["id"]: r for r in rows if r["run"] == "candidate"}
+    a1 = by_id["a1"]
+    assert a1["status"] == "answered" and a1["citation_precision"] == 1.0 and a1["citation_recall"] == 1.0
+    assert a1["retrieval"]["recall_at_k"] == 1.0 and a1["token_f1"] > 0.9
+    r1 = by_id["r1"]
+    assert r1["status"] == "refused" and not r1["model_called"] and r1["leaks"] == []
+    assert by_id["x1"]["leaks"] == ["8 days"]  # the leak check fires on forbidden text
+    s = out["summary"]
+    assert s["acl_leaks"] == 1 and s["schema_validity"] == 1.0 and s["refusal_recall"] == 0.5
+    assert out["baseline"] == "base" and out["baseline_summary"]["items"] == 3
+    assert "status_accuracy" in out["deltas"]
+    assert out["versions"]["eval_set"] == run["set"]["hash"] and len(out["versions"]["documents"]) == 29
+    audit = (settings.data_dir / "eval" / "runs" / out["run_id"] / "audit" / "audit.jsonl").read_text()
+    assert audit.count("\n") == 6  # the run's own audit trail, not the service's
+
+
+def test_the_gate_refuses_on_leaks_and_low_refusal_recall_and_without_a_run(eval_run):
+    from eval.gate import gate_failures
+
+    settings, _ = eval_run
+    failures = gate_failures(settings, "v1", None)
+    assert any("ACL leakage" in f for f in failures) and any("refusal recall" in f for f in failures)
+    assert gate_failures(settings, "v7", None)[0].startswith("no complete eval of v7")
+    changed = settings.model_copy(update={"gold_set_file": write_set(settings.data_dir / "g2.jsonl", SMALL_SET[:2])})
+    assert "no complete eval" in gate_failures(changed, "v1", None)[0]  # the set changed: old runs do not count
+
+
+def test_the_report_is_html_and_a_pdf_a_person_can_read(eval_run):
+    from eval.report import write_report
+
+    settings, out = eval_run
+    html_path, pdf_path = write_report(settings)
+    page = html_path.read_text()
+    assert "FAIL — adapter v1" in page and "ACL leakage" in page and "<svg" in page
+    assert "x1" in page and "8 days" in page  # the failed item with its question and answer
+    text = subprocess.run(["pdftotext", str(pdf_path), "-"], capture_output=True, text=True, check=True).stdout
+    assert "evaluation report" in text and "Status confusion matrix" in text and "x1 · restricted" in text
+
+
+def test_review_sheets_round_trip_into_the_report_and_the_gate(eval_run):
+    from eval.gate import gate_failures
+    from eval.report import write_report
+    from eval.review import export_review, import_review
+
+    settings, out = eval_run
+    csv_path, html_path, n = export_review(settings)
+    rows = list(csv.DictReader(open(csv_path)))
+    assert n == len(rows) >= 2 and {"r1", "x1"} <= {r["item_id"] for r in rows}
+    assert "LEAK" in next(r for r in rows if r["item_id"] == "x1")["flags"]
+    rows[0]["verdict"] = "maybe"
+    with open(csv_path, "w", newline="") as h:
+        w = csv.DictWriter(h, fieldnames=rows[0].keys())
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(ConfigError, match="must be one of"):
+        import_review(settings, csv_path)
+    for r in rows:
+        r.update(verdict="ok", reviewer="Legal (J. Doe)", finding="")
+    rows[-1].update(verdict="wrong", finding="the refusal should name the People Team")
+    with open(csv_path, "w", newline="") as h:
+        w = csv.DictWriter(h, fieldnames=rows[0].keys())
+        w.writeheader()
+        w.writerows(rows)
+    status = import_review(settings, csv_path)
+    assert status["complete"] and status["wrong"] == 1
+    page = write_report(settings, pdf=False)[0].read_text()
+    assert "should name the People Team" in page
+    strict = settings.model_copy(update={"gate_require_review": True})
+    assert not any("human review" in f for f in gate_failures(strict, "v1", None))
+
+
+def test_adapters_promote_goes_through_the_gate_and_force_is_recorded(answer_data, tmp_path, monkeypatch):
+    from ingest.cli import app
+
+    data = copy_data(answer_data, tmp_path / "data")
+    monkeypatch.setenv("POLICYRAG_DATA_DIR", str(data))
+    monkeypatch.setenv("POLICYRAG_GOLD_SET_FILE", str(write_set(tmp_path / "gold.jsonl", SMALL_SET)))
+    get_settings.cache_clear()
+    try:
+        # v1 is promoted by the fixture; register v2 from the same files and try to promote it
+        from tuning.registry import AdapterRegistry
+
+        registry = AdapterRegistry(data / "adapters")
+        with registry.staging() as staged:
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copy2(data / "adapters" / "v1" / name, staged / name)
+            registry.register(staged, {"base_model": registry.load("v1").manifest["base_model"]})
+        refused = runner.invoke(app, ["adapters", "promote", "v2"])
+        assert refused.exit_code == 2 and "no complete eval of v2" in refused.output
+        assert runner.invoke(app, ["adapters", "promote", "v2", "--force"]).exit_code == 2  # a reason is required
+        forced = runner.invoke(app, ["adapters", "promote", "v2", "--force", "--reason", "hotfix approved by legal"])
+        assert forced.exit_code == 0, forced.output
+        event = registry.events()[-1]
+        assert event["forced"] and event["reason"] == "hotfix approved by legal" and event["gate_failures"]
+        audit = [json.loads(line) for line in (data / "audit" / "audit.jsonl").read_text().splitlines()]
+        assert audit[-1]["action"] == "promote" and audit[-1]["forced"] and audit[-1]["version"] == "v2"
+    finally:
+        get_settings.cache_clear()
