@@ -43,6 +43,9 @@ def summary_failures(settings: Settings, s: dict[str, Any], current: dict[str, A
         failures.append(f"ACL leakage: {s['acl_leaks']} responses leak restricted text (allowed {settings.gate_max_acl_leaks})")
     if s["refusal_recall"] is None or s["refusal_recall"] < settings.gate_min_refusal_recall:
         failures.append(f"refusal recall {s['refusal_recall']} < {settings.gate_min_refusal_recall}")
+    if s["status_accuracy"] is None or s["status_accuracy"] < settings.gate_min_status_accuracy:
+        failures.append(f"status accuracy {s['status_accuracy']} < {settings.gate_min_status_accuracy} "
+                        "(answered/refused/escalate right)")
     if current is not None:
         for metric in COMPARED:
             new, old = s.get(metric), current.get(metric)

@@ -99,10 +99,10 @@ def _histogram(latencies_ms: list[float]) -> str:
         x = left + frac * (width - left - 10)
         parts.append(f'<text x="{x:.1f}" y="{height - 10}" font-size="11" text-anchor="middle">{top * frac:.1f} s</text>')
     p50, p95 = percentile(seconds, 0.5), percentile(seconds, 0.95)
-    for label, v in (("p50", p50), ("p95", p95)):
+    for n, (label, v) in enumerate((("p50", p50), ("p95", p95))):
         x = left + v / top * (width - left - 10)
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="5" y2="{height - bottom}" stroke="#b00020" stroke-dasharray="4 3"/>'
-                     f'<text x="{x + 3:.1f}" y="15" font-size="11" fill="#b00020">{label} {v:.1f} s</text>')
+                     f'<text x="{x + 3:.1f}" y="{15 + 14 * n}" font-size="11" fill="#b00020">{label} {v:.1f} s</text>')
     parts.append(f'<text x="{left}" y="{height - bottom + 2}" font-size="10" text-anchor="end">0</text>'
                  f'<text x="{left - 4}" y="14" font-size="10" text-anchor="end">{peak}</text></svg>')
     return "".join(parts)
@@ -221,7 +221,7 @@ def build_html(settings: Settings, run: dict[str, Any], rows: list[dict[str, Any
 <h2>Metrics</h2>
 <table><tr><th>metric</th><th>{_e(run['adapter'])}</th><th>{_e(run.get('baseline') or '')}</th><th>delta</th></tr>{''.join(metric_rows)}</table>
 <p><small>Gate thresholds: schema validity ≥ {settings.gate_min_schema_validity:.0%}, ACL leaks ≤ {settings.gate_max_acl_leaks},
-refusal recall ≥ {settings.gate_min_refusal_recall:.0%}, no compared metric more than {settings.gate_max_regression:.0%} worse than the promoted adapter
+refusal recall ≥ {settings.gate_min_refusal_recall:.0%}, status accuracy ≥ {settings.gate_min_status_accuracy:.0%}, no compared metric more than {settings.gate_max_regression:.0%} worse than the promoted adapter
 ({_e(promoted or 'none')}){', completed human review' if settings.gate_require_review else ''}. LLM-judged ragas metrics: no judge configured.</small></p>
 <h2>Status confusion matrix</h2>
 {_confusion(s['confusion'])}

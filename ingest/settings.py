@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     gate_min_schema_validity: float = Field(1.0, ge=0.0, le=1.0, description="constrained decoding")
     gate_max_acl_leaks: int = Field(0, ge=0)
     gate_min_refusal_recall: float = Field(0.95, ge=0.0, le=1.0)
+    gate_min_status_accuracy: float = Field(
+        0.5, ge=0.0, le=1.0, description="an adapter that refuses everything meets the other thresholds"
+    )
     gate_max_regression: float = Field(
         0.02, ge=0.0, le=1.0, description="no compared metric worse than the promoted adapter's by more"
     )

@@ -223,3 +223,15 @@ def test_adapters_promote_goes_through_the_gate_and_force_is_recorded(answer_dat
         assert audit[-1]["action"] == "promote" and audit[-1]["forced"] and audit[-1]["version"] == "v2"
     finally:
         get_settings.cache_clear()
+
+
+def test_an_adapter_that_refuses_nearly_everything_does_not_pass():
+    from eval.gate import summary_failures
+
+    settings = Settings()
+    refuses_all = {"schema_validity": 1.0, "acl_leaks": 0, "refusal_recall": 1.0, "status_accuracy": 0.35}
+    assert [f for f in summary_failures(settings, refuses_all, None, None) if "status accuracy" in f]
+    good = dict(refuses_all, status_accuracy=0.8)
+    assert summary_failures(settings, good, None, None) == []
+    worse = dict(good, status_accuracy=0.7)
+    assert any("worse than promoted v1" in f for f in summary_failures(settings, worse, good, "v1"))
