@@ -40,6 +40,10 @@ class AdapterUnavailable(PolicyRagError):
     code = "adapter_unavailable"
 
 
+class _ModelGone(BackendUnavailable):
+    """The server does not know the model asked for (an adapter lost in a restart)."""
+
+
 @dataclass(frozen=True)
 class AdapterRef:
     version: str
@@ -137,6 +141,17 @@ class VllmBackend:
     # -- generation ---------------------------------------------------------------------------
 
     def generate(self, messages, adapter, *, max_tokens, on_token=None, constrained=True) -> Generation:
+        try:
+            return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, constrained=constrained)
+        except _ModelGone:
+            if adapter is None:
+                raise
+            # the server restarted (or was restarted by someone else) and lost its adapters:
+            # register the adapter again and retry once
+            self.forget_adapters()
+            return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, constrained=constrained)
+
+    def _generate(self, messages, adapter, *, max_tokens, on_token, constrained) -> Generation:
         if adapter is not None:
             self.ensure_adapter(adapter)
         model = adapter.version if adapter else self.served_base
@@ -209,8 +224,8 @@ class VllmBackend:
         return response
 
     def _raise_for(self, response) -> None:
-        if response.status_code == 404 and "lora" in response.text.lower():
-            self.forget_adapters()
+        if response.status_code == 404 and ("does not exist" in response.text or "lora" in response.text.lower()):
+            raise _ModelGone(f"the vLLM server does not serve the requested model: {response.text[:200]}")
         if response.status_code >= 500 or response.status_code in (404, 429):
             raise BackendUnavailable(f"the vLLM server answered {response.status_code}: {response.text[:200]}")
         raise PolicyRagError(f"the vLLM server rejected the request ({response.status_code}): {response.text[:300]}")
