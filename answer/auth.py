@@ -52,29 +52,35 @@ class ApiKeyStore:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"API key file {self.path} is not valid JSON ({exc}); restore it or delete it and re-issue keys") from None
 
-    def create(self, user: str, label: str = "") -> str:
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
+    def _update(self, change) -> None:
+        """Read, change and atomically rewrite the key file (0600) under an exclusive lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            keys = self._read()
-            keys[hash_key(key)] = {"user": user, "label": label,
-                                   "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            keys = change(self._read())
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n")
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
+
+    def create(self, user: str, label: str = "") -> str:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        entry = {"user": user, "label": label,
+                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        self._update(lambda keys: {**keys, hash_key(key): entry})
         return key
 
     def revoke(self, user: str) -> int:
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            keys = self._read()
+        removed = 0
+
+        def drop(keys: dict[str, dict]) -> dict[str, dict]:
+            nonlocal removed
             kept = {h: v for h, v in keys.items() if v["user"] != user}
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, self.path)
-        return len(keys) - len(kept)
+            removed = len(keys) - len(kept)
+            return kept
+
+        self._update(drop)
+        return removed
 
     def hashes(self) -> dict[str, str]:
         return {h: v["user"] for h, v in self._read().items()}

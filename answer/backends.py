@@ -246,13 +246,11 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, model_dir: Path, *, threads: int | None = None) -> None:
+    def __init__(self, model_dir: Path) -> None:
         import torch
         import xgrammar as xgr
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if threads:
-            torch.set_num_threads(threads)
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

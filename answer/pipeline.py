@@ -60,6 +60,15 @@ def rewrite_follow_up(question: str, previous: Sequence[str]) -> str:
     return f"{previous[-1].rstrip()} Follow-up: {question}"
 
 
+def rewrite_turns(turns: Sequence[str]) -> list[str]:
+    """Earlier user turns as the stand-alone queries the chat would have used, oldest first."""
+    history: list[str] = []
+    for turn in turns:
+        if turn.strip():
+            history.append(rewrite_follow_up(turn, history))
+    return history
+
+
 @dataclass(frozen=True)
 class ResolvedCitation:
     id: str
@@ -172,6 +181,11 @@ class AnswerPipeline:
                 f"adapter {version} was trained with another prompt (fingerprint {manifest['prompt_fingerprint']}, "
                 f"now {self.fingerprint}); retrain it"
             )
+
+    def store_count(self) -> int:
+        """Passages in the store (readiness), under the same lock as retrieval."""
+        with self._retrieval_lock:
+            return self.retriever.store.count()
 
     # -- answering ----------------------------------------------------------------------------
 

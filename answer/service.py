@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from answer.auth import Authenticator
 from answer.backends import Backend
-from answer.pipeline import AnswerPipeline, AnswerResult
+from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_turns
 from ingest.errors import ConfigError, PolicyRagError
 from ingest.settings import Settings
 from retrieval.acl import Principal
@@ -419,12 +419,7 @@ def create_app(service: Service) -> FastAPI:
             raise InvalidRequest("the last message must be a user message with the question")
         question = _check_question(service, users[-1])
         # earlier user turns are the conversation; rewrite them the same way the chat does
-        history: list[str] = []
-        from answer.pipeline import rewrite_follow_up
-
-        for turn in users[:-1]:
-            if turn.strip():
-                history.append(rewrite_follow_up(turn, history))
+        history = rewrite_turns(users[:-1])
         service.slot()
         created = int(time.time())
         if not body.stream:
@@ -481,8 +476,7 @@ def create_app(service: Service) -> FastAPI:
     def readyz():
         checks: dict[str, dict[str, Any]] = {}
         try:
-            with service.pipeline._retrieval_lock:
-                count = service.pipeline.retriever.store.count()
+            count = service.pipeline.store_count()
             checks["store"] = {"ok": count > 0, "detail": f"{count} passages indexed" if count else "the index is empty; run policyrag ingest"}
         except Exception as exc:  # any store failure means not ready
             checks["store"] = {"ok": False, "detail": f"store unreachable: {exc}"}

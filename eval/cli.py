@@ -17,10 +17,6 @@ from ingest.terminal import fail as _fail
 
 review_app = typer.Typer(help="Human review of an eval run's edge cases.", no_args_is_help=True)
 
-SHOWN = ("schema_validity", "schema_validity_unconstrained", "status_accuracy", "reason_accuracy", "exact_match",
-         "token_f1", "citation_precision", "citation_recall", "quote_validity", "acl_leaks", "refusal_precision",
-         "refusal_recall", "retrieval_recall_at_k", "retrieval_mrr", "retrieval_ndcg", "latency_p50_ms",
-         "latency_p95_ms", "tokens_per_answer")
 
 
 def eval_command(
@@ -68,7 +64,9 @@ def eval_command(
     table.add_column(out["adapter"])
     if b:
         table.add_column(out["baseline"])
-    for key in SHOWN:
+    from eval.report import METRICS
+
+    for key, _, _ in METRICS:
         if s.get(key) is None and not (b and b.get(key) is not None):
             continue
         table.add_row(key, str(s.get(key)), *( [str(b.get(key))] if b else []))

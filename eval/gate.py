@@ -7,11 +7,8 @@ from typing import Any
 
 from eval.gold import file_hash
 from eval.metrics import COMPARED
-from eval.runner import latest_runs_for
+from eval.runner import latest_complete_run
 from ingest.settings import Settings
-
-
-latest_complete_run = latest_runs_for
 
 
 def gate_failures(settings: Settings, version: str, promoted: str | None) -> list[str]:
@@ -22,11 +19,19 @@ def gate_failures(settings: Settings, version: str, promoted: str | None) -> lis
     run = latest_complete_run(settings, version, set_hash)
     if run is None:
         return [f"no complete eval of {version} on the current eval set ({set_hash[:12]}); run `policyrag eval --adapter {version}`"]
-    current = latest_complete_run(settings, promoted, set_hash) if promoted and promoted != version else None
+    return run_failures(settings, run, promoted)
+
+
+def run_failures(settings: Settings, run: dict[str, Any], promoted: str | None) -> list[str]:
+    """The gate applied to one saved run: its thresholds, the comparison with the promoted
+    adapter's latest complete run on the same set, and the review when required."""
+    from eval.review import review_status
+
+    current = None
+    if promoted and promoted != run["adapter"]:
+        current = latest_complete_run(settings, promoted, run["set"]["hash"])
     failures = summary_failures(settings, run["summary"], current["summary"] if current else None, promoted)
     if settings.gate_require_review:
-        from eval.review import review_status
-
         status = review_status(settings, run["run_id"])
         if not status["complete"]:
             failures.append(f"human review of run {run['run_id']} is not complete ({status['reviewed']}/{status['items']} items)")

@@ -8,15 +8,14 @@ Playwright), so both show exactly the same thing.
 from __future__ import annotations
 
 import html
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from eval.gate import summary_failures
+from eval.gate import run_failures
 from eval.metrics import STATUSES, percentile
 from eval.review import review_status
-from eval.runner import latest_runs_for, load_run, runs_dir
+from eval.runner import load_run, runs_dir
 from ingest.errors import ConfigError
 from ingest.settings import Settings
 
@@ -129,17 +128,11 @@ def _failed(rows: list[dict]) -> list[dict]:
 
 def build_html(settings: Settings, run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     s, b = run["summary"], run.get("baseline_summary")
-    promoted_summary = None
     from tuning.registry import AdapterRegistry
 
     promoted = AdapterRegistry(settings.adapters_dir).promoted_version()
-    if promoted and promoted != run["adapter"]:
-        latest = latest_runs_for(settings, promoted, run["set"]["hash"])
-        promoted_summary = latest["summary"] if latest else None
-    failures = summary_failures(settings, s, promoted_summary, promoted)
+    failures = run_failures(settings, run, promoted)
     review = review_status(settings, run["run_id"])
-    if settings.gate_require_review and not review["complete"]:
-        failures.append(f"human review not complete ({review['reviewed']}/{review['items']})")
     if not run["complete"]:
         failures.append(f"partial run: {run['set']['evaluated']} of {run['set']['items']} items")
     verdict_ok = not failures
@@ -267,6 +260,3 @@ def print_pdf(html_path: Path, pdf_path: Path) -> None:
         finally:
             browser.close()
 
-
-def summary_json(run: dict[str, Any]) -> str:
-    return json.dumps({k: run[k] for k in ("run_id", "adapter", "baseline", "summary", "deltas")}, indent=2)

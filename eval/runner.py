@@ -19,7 +19,7 @@ from typing import Any
 
 from answer.audit import AuditLog
 from answer.contract import render_answer
-from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_follow_up
+from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_turns
 from eval.gold import EvalSet, GoldItem, load_gold_set
 from eval.metrics import COMPARED, aggregate, citation_scores, exact_match, leaked, retrieval_scores, token_f1
 from ingest.errors import ConfigError
@@ -105,18 +105,14 @@ def score_item(item: GoldItem, result: AnswerResult, forbidden: list[str], k: in
     return row
 
 
-def evaluate(pipeline: AnswerPipeline, eval_set: EvalSet, *, adapter: str, limit: int | None = None,
-             concurrency: int = 1, constrained: bool = True,
+def evaluate(pipeline: AnswerPipeline, eval_set: EvalSet, docs: dict[str, DocInfo], *, adapter: str,
+             limit: int | None = None, concurrency: int = 1, constrained: bool = True,
              on_item: Callable[[dict], None] = lambda row: None) -> list[dict[str, Any]]:
-    docs = corpus_docs(pipeline.retriever.store)
     items = list(eval_set.items)[:limit] if limit else list(eval_set.items)
 
     def one(item: GoldItem) -> dict[str, Any]:
         principal = pipeline.retriever.principal(item.user)
-        history: list[str] = []
-        for turn in item.turns:
-            history.append(rewrite_follow_up(turn, history))
-        result = pipeline.answer(principal, item.question, history=history, endpoint="eval",
+        result = pipeline.answer(principal, item.question, history=rewrite_turns(item.turns), endpoint="eval",
                                  adapter_version=adapter, constrained=constrained)
         row = score_item(item, result, unreadable(principal, docs), pipeline.settings.answer_passages)
         on_item(row)
@@ -144,36 +140,36 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
     pipeline = AnswerPipeline(settings, service.pipeline.retriever, service.backend, registry,
                               AuditLog(folder / "audit"), base_model=service.pipeline.base_model)
     concurrency = 8 if service.backend.name == "vllm" else 1
+    docs = corpus_docs(service.pipeline.retriever.store)  # access metadata, read once per run
+    base_version = registry.promoted_version() if baseline == "promoted" else baseline
+    if baseline == "promoted" and base_version is None:
+        raise ConfigError("--baseline promoted, but no adapter is promoted; use --baseline base or a version")
 
     on_stage(f"{version}: {limit or len(eval_set.items)} items")
-    rows = evaluate(pipeline, eval_set, adapter=version, limit=limit, concurrency=concurrency, on_item=on_item)
+    rows = evaluate(pipeline, eval_set, docs, adapter=version, limit=limit, concurrency=concurrency, on_item=on_item)
     summary = aggregate(rows)
     out: dict[str, Any] = {"run_id": run_id}
     if unconstrained:
         on_stage(f"{version}: schema validity without constrained decoding ({unconstrained} items)")
-        free = evaluate(pipeline, eval_set, adapter=version, limit=unconstrained, concurrency=concurrency, constrained=False)
+        free = evaluate(pipeline, eval_set, docs, adapter=version, limit=unconstrained, concurrency=concurrency, constrained=False)
         generated = [r for r in free if r["model_called"]]
         summary["schema_validity_unconstrained"] = round(sum(r["schema_valid"] for r in generated) / len(generated), 4) if generated else None
     with open(folder / "items.jsonl", "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps({"run": "candidate", **row}, ensure_ascii=False) + "\n")
     baseline_summary = None
-    if baseline:
-        base_version = registry.promoted_version() if baseline == "promoted" else baseline
-        if base_version is None:
-            raise ConfigError("--baseline promoted, but no adapter is promoted; use --baseline base or a version")
+    if base_version:
         on_stage(f"baseline {base_version}: {limit or len(eval_set.items)} items")
-        base_rows = evaluate(pipeline, eval_set, adapter=base_version, limit=limit, concurrency=concurrency)
+        base_rows = evaluate(pipeline, eval_set, docs, adapter=base_version, limit=limit, concurrency=concurrency)
         baseline_summary = aggregate(base_rows)
         with open(folder / "items.jsonl", "a", encoding="utf-8") as handle:
             for row in base_rows:
                 handle.write(json.dumps({"run": "baseline", **row}, ensure_ascii=False) + "\n")
-    docs = corpus_docs(service.pipeline.retriever.store)
     manifest = registry.load(version).manifest if version != "base" else {}
     out.update({
         "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "adapter": version,
-        "baseline": (registry.promoted_version() if baseline == "promoted" else baseline) if baseline else None,
+        "baseline": base_version,
         "complete": limit is None or limit >= len(eval_set.items),
         "set": {"name": eval_set.name, "path": str(eval_set.path), "hash": eval_set.hash,
                 "items": len(eval_set.items), "evaluated": len(rows)},
@@ -219,6 +215,7 @@ def all_runs(settings: Settings) -> list[dict[str, Any]]:
     return [json.loads((p / "run.json").read_text()) for p in sorted(root.iterdir()) if (p / "run.json").exists()]
 
 
-def latest_runs_for(settings: Settings, version: str, set_hash: str) -> dict[str, Any] | None:
+def latest_complete_run(settings: Settings, version: str, set_hash: str) -> dict[str, Any] | None:
+    """The newest complete run of `version` on the eval set with this hash."""
     runs = [r for r in all_runs(settings) if r["adapter"] == version and r["set"]["hash"] == set_hash and r["complete"]]
     return runs[-1] if runs else None

@@ -100,7 +100,7 @@ def train(
 
             record = train_adapter(settings, config, registry=registry, on_stage=on_stage, on_step=on_step)
         if promote:
-            _, failures = gated_promote(settings, record.version, reason="tune train --promote")
+            gated_promote(settings, record.version, reason="tune train --promote")
     except KeyboardInterrupt:
         live = registry.promoted_version() or "none"
         err_console.print(f"interrupted: no adapter registered; the promoted adapter is unchanged ({live})")
@@ -182,7 +182,7 @@ def adapters_promote(
     except PolicyRagError as exc:
         _fail(exc)
     if failures:
-        err_console.print(f"[yellow]gate overridden (--force):[/] " + "; ".join(failures), soft_wrap=True)
+        err_console.print("[yellow]gate overridden (--force):[/] " + "; ".join(failures), soft_wrap=True)
     _print_change("promoted", record.version, as_json)
 
 
@@ -201,8 +201,8 @@ def gated_promote(settings, version: str, *, force: bool = False, reason: str | 
     seen: list[str] = []
 
     def gate(record) -> list[str]:
-        seen.extend(gate_failures(settings, record.version, current))
-        return list(seen)
+        seen[:] = gate_failures(settings, record.version, current)
+        return seen
 
     record = registry.promote(version, force=force, reason=reason, gate=gate)
     AuditLog(settings.audit_dir, max_bytes=settings.audit_max_bytes, backups=settings.audit_backups).append({

@@ -45,6 +45,7 @@ def test_issued_api_keys_are_stored_only_as_hashes_and_can_be_revoked(auth, tmp_
     assert auth.principal_for(f"Bearer {key}").user_id == "bob"
     assert auth.principal_for(None, key).user_id == "bob"  # X-API-Key header
     assert store.revoke("bob") == 1
+    assert oct(auth.settings.api_keys_path.stat().st_mode & 0o777) == "0o600"  # a rewrite keeps it private
     with pytest.raises(Unauthenticated):
         auth.principal_for(f"Bearer {key}")
 
