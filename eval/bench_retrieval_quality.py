@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from eval.external import evidence_texts
 from ingest.pipeline import Ingestor
 from ingest.settings import PROJECT_ROOT, Settings
 from retrieval.acl import Principal, SearchFilters
@@ -41,15 +42,6 @@ def _norm(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def _evidence_texts(item: dict) -> list[str]:
-    ev = item.get("evidence")
-    if not ev:
-        return []
-    if isinstance(ev, str):
-        return [ev]
-    return [e["text"] if isinstance(e, dict) else str(e) for e in ev]
-
-
 def evaluate_set(folder: Path, *, console: Console, limit: int | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="policyrag-bench-quality-"))
     try:
@@ -61,14 +53,14 @@ def evaluate_set(folder: Path, *, console: Console, limit: int | None = None) ->
         retriever = Retriever(ing.store, ing.embedder, Directory(users={}), score_floor=-1.0)
         who = Principal("benchmark", ("public",), "global")
         items = [json.loads(line) for line in (folder / "qa.jsonl").read_text().splitlines() if line.strip()]
-        items = [i for i in items if _evidence_texts(i)][:limit]
+        items = [i for i in items if evidence_texts(i)][:limit]
         hits = {
             (scope, m): {k: {"contained": 0, "overlap": 0} for k in KS}
             for scope in SCOPES
             for m in MODES
         }
         for item in items:
-            evidence = [_norm(ing.scrubber.scrub(e)[0]) for e in _evidence_texts(item)]
+            evidence = [_norm(ing.scrubber.scrub(e)[0]) for e in evidence_texts(item)]
             for scope in SCOPES:
                 narrow = SearchFilters(doc_ids=(item["doc_id"],)) if scope == "document" else None
                 for mode in MODES:

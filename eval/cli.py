@@ -25,10 +25,12 @@ def eval_command(
     set_path: Annotated[Path | None, typer.Option("--set", help="eval set JSONL (default: the locked gold set)")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N items (a partial run never passes the gate)")] = None,
     unconstrained: Annotated[int, typer.Option(min=0, help="also measure schema validity without constrained decoding on N items")] = 0,
+    external: Annotated[Path | None, typer.Option(help="an external set folder (docs/ + qa.jsonl), or a folder of them "
+                                                  "such as ../shared/benchmarks; indexed on its own as public documents")] = None,
     backend: Annotated[str | None, typer.Option(help="vllm or local (default: POLICYRAG_ANSWER_BACKEND)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Run the eval set through the real answer pipeline and score it."""
+    """Run the eval set (or external sets) through the real answer pipeline and score it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from answer.service import build_service
@@ -39,25 +41,41 @@ def eval_command(
 
     settings = settings_for_backend(backend)
     try:
-        total = len(load_gold_set(set_path or settings.gold_set_file).items)
+        if external is not None:
+            from eval.external import load_external_set, run_external, set_folders
+
+            sets = [(folder, len(load_external_set(folder)[0].items)) for folder in set_folders(external)]
+        else:
+            sets = [(None, len(load_gold_set(set_path or settings.gold_set_file).items))]
         with err_console.status("starting the answer pipeline") as status:
             service = build_service(settings, on_stage=status.update)
+        outs = []
         try:
-            runs = (1 + (baseline is not None)) * (min(limit, total) if limit else total) + unconstrained
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=err_console) as progress:
-                task = progress.add_task("eval", total=runs)
-                out = run_eval(settings, service=service, adapter=adapter, baseline=baseline, set_path=set_path,
-                               limit=limit, unconstrained=unconstrained,
-                               on_stage=lambda stage: progress.update(task, description=stage),
-                               on_item=lambda row: progress.advance(task))
+            for folder, total in sets:
+                runs = (1 + (baseline is not None)) * (min(limit, total) if limit else total) + unconstrained
+                with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                              console=err_console) as progress:
+                    task = progress.add_task("eval", total=runs)
+                    stage = dict(on_stage=lambda text: progress.update(task, description=text),
+                                 on_item=lambda row: progress.advance(task))
+                    if folder is None:
+                        outs.append(run_eval(settings, service=service, adapter=adapter, baseline=baseline,
+                                             set_path=set_path, limit=limit, unconstrained=unconstrained, **stage))
+                    else:
+                        outs.append(run_external(settings, folder, service=service, adapter=adapter, baseline=baseline,
+                                                 limit=limit, **stage))
         finally:
             service.close()
     except PolicyRagError as exc:
         _fail(exc)
     if as_json:
-        console.print_json(json.dumps(out))
+        console.print_json(json.dumps(outs if external is not None else outs[0]))
         return
+    for out in outs:
+        _print_run(out)
+
+
+def _print_run(out: dict) -> None:
     s, b = out["summary"], out.get("baseline_summary")
     table = Table(title=f"eval {out['run_id']}: {out['adapter']} on {out['set']['name']} ({out['set']['evaluated']} items)")
     table.add_column("metric")

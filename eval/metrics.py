@@ -37,7 +37,7 @@ def token_f1(prediction: str | None, reference: str | None) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _matches(passage: dict[str, Any], source: dict[str, Any]) -> bool:
+def matches(passage: dict[str, Any], source: dict[str, Any]) -> bool:
     """A passage supports an expected source when the document matches and, if the source names
     a section, the passage's section path ends with it (or equals it)."""
     if passage["doc_id"] != source["doc_id"]:
@@ -49,8 +49,8 @@ def _matches(passage: dict[str, Any], source: dict[str, Any]) -> bool:
 def retrieval_scores(passages: Sequence[dict[str, Any]], sources: Sequence[dict[str, Any]], k: int) -> dict[str, float]:
     """recall@k (share of expected sources found in the top k), MRR and binary nDCG@k."""
     top = list(passages)[:k]
-    relevant = [any(_matches(p, s) for s in sources) for p in top]
-    found = sum(any(_matches(p, s) for p in top) for s in sources)
+    relevant = [any(matches(p, s) for s in sources) for p in top]
+    found = sum(any(matches(p, s) for p in top) for s in sources)
     first = next((rank for rank, rel in enumerate(relevant, start=1) if rel), None)
     dcg = sum(1 / math.log2(rank + 1) for rank, rel in enumerate(relevant, start=1) if rel)
     ideal = sum(1 / math.log2(rank + 1) for rank in range(1, min(len(sources), k) + 1))
@@ -63,8 +63,8 @@ def citation_scores(cited: Sequence[dict[str, Any]], sources: Sequence[dict[str,
     expected sources cited."""
     if not cited:
         return {"precision": 0.0 if sources else 1.0, "recall": 0.0 if sources else 1.0}
-    precision = sum(any(_matches(c, s) for s in sources) for c in cited) / len(cited)
-    recall = sum(any(_matches(c, s) for c in cited) for s in sources) / len(sources) if sources else 1.0
+    precision = sum(any(matches(c, s) for s in sources) for c in cited) / len(cited)
+    recall = sum(any(matches(c, s) for c in cited) for s in sources) / len(sources) if sources else 1.0
     return {"precision": precision, "recall": recall}
 
 
@@ -136,4 +136,6 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 # higher is better for these; the gate compares them with the promoted adapter's run
 COMPARED = ("schema_validity", "status_accuracy", "token_f1", "citation_precision", "citation_recall",
-            "quote_validity", "refusal_precision", "refusal_recall", "retrieval_recall_at_k")
+            "quote_validity", "refusal_precision", "refusal_recall", "retrieval_recall_at_k",
+            "ragas_rouge_l", "ragas_string_similarity", "ragas_context_precision", "ragas_context_recall",
+            "ragas_faithfulness", "ragas_response_relevancy", "ragas_llm_context_precision", "ragas_llm_context_recall")

@@ -36,6 +36,14 @@ METRICS = [
     ("retrieval_recall_at_k", "Retrieval recall@k", "pct"),
     ("retrieval_mrr", "Retrieval MRR", "num"),
     ("retrieval_ndcg", "Retrieval nDCG", "num"),
+    ("ragas_rouge_l", "ragas ROUGE-L (answer)", "num"),
+    ("ragas_string_similarity", "ragas string similarity (answer)", "num"),
+    ("ragas_context_precision", "ragas context precision (non-LLM)", "num"),
+    ("ragas_context_recall", "ragas context recall (non-LLM)", "num"),
+    ("ragas_faithfulness", "ragas faithfulness (judged)", "num"),
+    ("ragas_response_relevancy", "ragas response relevancy (judged)", "num"),
+    ("ragas_llm_context_precision", "ragas context precision (judged)", "num"),
+    ("ragas_llm_context_recall", "ragas context recall (judged)", "num"),
     ("latency_p50_ms", "Latency p50 (ms)", "int"),
     ("latency_p95_ms", "Latency p95 (ms)", "int"),
     ("tokens_per_answer", "Tokens per answer", "num"),
@@ -207,7 +215,7 @@ def build_html(settings: Settings, run: dict[str, Any], rows: list[dict[str, Any
  .grid {{ display: flex; gap: 28px; flex-wrap: wrap; align-items: flex-start; }}
 </style></head><body>
 <h1>Policy assistant — evaluation report</h1>
-<div>Adapter <b>{_e(run['adapter'])}</b> on the locked eval set ({run['set']['evaluated']} items), {_e(run['at'])}</div>
+<div>Adapter <b>{_e(run['adapter'])}</b> on {_e(run['set']['name']) + ' (external set)' if run.get('external') else 'the locked eval set'} ({run['set']['evaluated']} items), {_e(run['at'])}</div>
 <div class="verdict {'pass' if verdict_ok else 'fail'}">{_e(verdict)}</div>
 <h2>Versions</h2>
 <table>{''.join(f'<tr><th>{_e(k)}</th><td>{_e(val)}</td></tr>' for k, val in versions)}</table>
@@ -215,7 +223,8 @@ def build_html(settings: Settings, run: dict[str, Any], rows: list[dict[str, Any
 <table><tr><th>metric</th><th>{_e(run['adapter'])}</th><th>{_e(run.get('baseline') or '')}</th><th>delta</th></tr>{''.join(metric_rows)}</table>
 <p><small>Gate thresholds: schema validity ≥ {settings.gate_min_schema_validity:.0%}, ACL leaks ≤ {settings.gate_max_acl_leaks},
 refusal recall ≥ {settings.gate_min_refusal_recall:.0%}, status accuracy ≥ {settings.gate_min_status_accuracy:.0%}, no compared metric more than {settings.gate_max_regression:.0%} worse than the promoted adapter
-({_e(promoted or 'none')}){', completed human review' if settings.gate_require_review else ''}. LLM-judged ragas metrics: no judge configured.</small></p>
+({_e(promoted or 'none')}){', completed human review' if settings.gate_require_review else ''}.</small></p>
+<p><small>{_judge_note(run)}</small></p>
 <h2>Status confusion matrix</h2>
 {_confusion(s['confusion'])}
 <div class="grid"><div><h2>Status accuracy per category</h2>{_bars(s['by_category'], baseline_categories)}
@@ -227,6 +236,19 @@ refusal recall ≥ {settings.gate_min_refusal_recall:.0%}, status accuracy ≥ {
 {''.join(failed_html) or '<p>None.</p>'}
 </body></html>
 """
+
+
+def _judge_note(run: dict[str, Any]) -> str:
+    """Which judge scored the LLM-judged ragas metrics, and what that is worth."""
+    note = ("ragas non-LLM metrics: ROUGE-L and Levenshtein similarity against the expected answer; context "
+            "precision/recall compare retrieved passages with the expected sources' text (string similarity ≥ 0.5). ")
+    judge = run.get("judge")
+    if not judge:
+        return _e(note + "LLM-judged ragas metrics: no judge configured (set POLICYRAG_EVAL_JUDGE_URL).")
+    return _e(note + f"LLM-judged ragas metrics: judge {judge['model']} at {judge['url']}, {judge['mode']}, "
+              f"{judge['items_judged']} answered items judged, {len(judge['failures'])} with a failed judge call. "
+              "JSON-schema decoding makes the judge's output parseable, not correct: a judge much smaller than the "
+              "answering model is a weak check; treat these figures as indicative and read the failed items.")
 
 
 def write_report(settings: Settings, run_id: str | None = None, *, pdf: bool = True) -> tuple[Path, Path | None]:

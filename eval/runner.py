@@ -21,7 +21,9 @@ from answer.audit import AuditLog
 from answer.contract import render_answer
 from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_turns
 from eval.gold import EvalSet, GoldItem, load_gold_set
-from eval.metrics import COMPARED, aggregate, citation_scores, exact_match, leaked, retrieval_scores, token_f1
+from eval.metrics import COMPARED, aggregate, citation_scores, exact_match, leaked, matches, retrieval_scores, token_f1
+from eval.ragas_scores import JudgeScorer, add_ragas, judge_info
+from eval.ragas_scores import summary as ragas_summary
 from ingest.errors import ConfigError
 from ingest.settings import Settings
 
@@ -52,6 +54,21 @@ def corpus_version(docs: dict[str, DocInfo]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def reference_contexts(store) -> Callable[[dict[str, Any]], list[str]]:
+    """For a row, the text of every indexed chunk that is one of its expected sources (the
+    reference contexts of ragas' context metrics)."""
+    chunks = [{"doc_id": p["doc_id"], "section": list(p.get("section") or ()), "text": p["text"]}
+              for _, p in store.scroll(fields=["doc_id", "section", "text"])]
+    by_doc: dict[str, list[dict[str, Any]]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk["doc_id"], []).append(chunk)
+
+    def references(row: dict[str, Any]) -> list[str]:
+        return [c["text"] for s in row["expected_sources"] for c in by_doc.get(s["doc_id"], []) if matches(c, s)]
+
+    return references
+
+
 def unreadable(principal, docs: dict[str, DocInfo]) -> list[str]:
     """Titles and citation prefixes of documents this principal may not read (leak markers)."""
     out = []
@@ -72,7 +89,8 @@ def score_item(item: GoldItem, result: AnswerResult, forbidden: list[str], k: in
     expected = item.expected
     sources = [s.model_dump() for s in expected.sources]
     passages = [{"doc_id": p.doc_id, "section": list(p.section_path), "id": p.citation_id, "label": p.label,
-                 "score": round(p.score, 6), "relevance": round(p.relevance or 0.0, 4)} for p in result.passages]
+                 "score": round(p.score, 6), "relevance": round(p.relevance or 0.0, 4), "text": p.text}
+                for p in result.passages]
     cited = [{"doc_id": c.doc_id, "section": list(c.section), "id": c.id, "quote": c.quote, "label": c.label}
              for c in result.citations]
     answer = result.answer
@@ -124,10 +142,15 @@ def evaluate(pipeline: AnswerPipeline, eval_set: EvalSet, docs: dict[str, DocInf
 
 def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline: str | None = None,
              set_path: Path | None = None, limit: int | None = None, unconstrained: int = 0,
+             eval_set: EvalSet | None = None, references: Callable[[dict[str, Any]], list[str]] | None = None,
+             external: dict[str, Any] | None = None,
              on_stage: Callable[[str], None] = lambda s: None,
              on_item: Callable[[dict], None] = lambda row: None) -> dict[str, Any]:
-    """Run the set for `adapter` (and `baseline`), save the run, return run.json's content."""
-    eval_set = load_gold_set(set_path or settings.gold_set_file)
+    """Run the set for `adapter` (and `baseline`), save the run, return run.json's content.
+
+    `eval_set`/`references`/`external` are for the external sets (eval.external): their own
+    items, their evidence as reference contexts, and a note on where they came from."""
+    eval_set = eval_set or load_gold_set(set_path or settings.gold_set_file)
     registry = service.pipeline.registry
     version = registry.promoted_version() if adapter == "promoted" else adapter
     if version is None:
@@ -145,9 +168,15 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
     if baseline == "promoted" and base_version is None:
         raise ConfigError("--baseline promoted, but no adapter is promoted; use --baseline base or a version")
 
+    references = references or reference_contexts(service.pipeline.retriever.store)
+    judge = JudgeScorer(settings, service.pipeline.retriever.embedder) if settings.eval_judge_url else None
+
     on_stage(f"{version}: {limit or len(eval_set.items)} items")
     rows = evaluate(pipeline, eval_set, docs, adapter=version, limit=limit, concurrency=concurrency, on_item=on_item)
-    summary = aggregate(rows)
+    if judge:
+        on_stage(f"{version}: ragas metrics, judged by {settings.eval_judge_model} at {settings.eval_judge_url}")
+    judged = add_ragas(rows, references, judge=judge, judge_items=settings.eval_judge_items)
+    summary = {**aggregate(rows), **ragas_summary(rows)}
     out: dict[str, Any] = {"run_id": run_id}
     if unconstrained:
         on_stage(f"{version}: schema validity without constrained decoding ({unconstrained} items)")
@@ -161,7 +190,8 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
     if base_version:
         on_stage(f"baseline {base_version}: {limit or len(eval_set.items)} items")
         base_rows = evaluate(pipeline, eval_set, docs, adapter=base_version, limit=limit, concurrency=concurrency)
-        baseline_summary = aggregate(base_rows)
+        add_ragas(base_rows, references)  # the judge scores the candidate only (its cost is per item)
+        baseline_summary = {**aggregate(base_rows), **ragas_summary(base_rows)}
         with open(folder / "items.jsonl", "a", encoding="utf-8") as handle:
             for row in base_rows:
                 handle.write(json.dumps({"run": "baseline", **row}, ensure_ascii=False) + "\n")
@@ -184,6 +214,8 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
             "backend": service.backend.name,
         },
         "summary": summary,
+        "judge": {**judge_info(settings), **judged} if judge else None,
+        "external": external,
         "baseline_summary": baseline_summary,
         "deltas": {m: round(summary[m] - baseline_summary[m], 4) for m in COMPARED
                    if baseline_summary and summary.get(m) is not None and baseline_summary.get(m) is not None},

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,17 @@ class Settings(BaseSettings):
     store_url: str | None = Field(None, description="e.g. http://qdrant:6333; unset = Qdrant Edge")
     store_api_key: str | None = None
     collection: str = "policies"
+    # Qdrant cluster layout: used only when this process creates the collection on a server or
+    # cluster (store_url set); unset = the server's default. An existing collection keeps its own.
+    store_shard_number: int | None = Field(
+        None, ge=1, description="shards of a new collection, e.g. 6 on 3 nodes (a multiple of the node count)"
+    )
+    store_replication_factor: int | None = Field(
+        None, ge=1, description="copies of each shard; 2 keeps every shard readable with one node down"
+    )
+    store_write_consistency_factor: int | None = Field(
+        None, ge=1, description="replicas that must acknowledge a write; at most the replication factor"
+    )
 
     # models (unset = the copy shipped in the PyPI package)
     embedding_model_path: Path | None = None
@@ -101,6 +112,15 @@ class Settings(BaseSettings):
     audit_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="rotate the audit log past this")
     audit_backups: int = Field(20, ge=1, description="rotated audit files kept")
 
+    # LLM-judged ragas metrics (issue: eval): off unless a judge endpoint is configured
+    eval_judge_url: str | None = Field(
+        None, description="OpenAI-compatible judge, e.g. http://127.0.0.1:8701/v1 (a vLLM server); unset = no judge"
+    )
+    eval_judge_model: str = Field("base", description="the judge's model name at that endpoint")
+    eval_judge_api_key: SecretStr | None = None
+    eval_judge_max_tokens: int = Field(512, ge=64, description="per judge call")
+    eval_judge_items: int | None = Field(60, ge=1, description="judge at most this many answered items per run")
+
     # promotion gate (issue: eval): `adapters promote V` needs V's eval on the current locked set
     gate_min_schema_validity: float = Field(1.0, ge=0.0, le=1.0, description="constrained decoding")
     gate_max_acl_leaks: int = Field(0, ge=0)
@@ -133,6 +153,23 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _cluster_layout_needs_a_server(self) -> Settings:
+        layout = ("store_shard_number", "store_replication_factor", "store_write_consistency_factor")
+        given = [name for name in layout if getattr(self, name) is not None]
+        if given and not self.store_url:
+            raise ValueError(
+                f"{', '.join(given)} set but store_url is not: the cluster layout applies only to a Qdrant "
+                "server or cluster; set POLICYRAG_STORE_URL (e.g. http://qdrant:6333) or unset them"
+            )
+        rf, wcf = self.store_replication_factor, self.store_write_consistency_factor
+        if rf is not None and wcf is not None and wcf > rf:
+            raise ValueError(
+                f"store_write_consistency_factor ({wcf}) is above store_replication_factor ({rf}): Qdrant could "
+                "never confirm a write; lower it to at most the replication factor"
+            )
+        return self
 
     @property
     def index_dir(self) -> Path:

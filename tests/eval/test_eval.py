@@ -106,6 +106,26 @@ def test_bad_gold_lines_are_named(tmp_path):
         load_gold_set(path)
 
 
+def test_ragas_non_llm_metrics_score_answers_and_contexts():
+    from eval.ragas_scores import add_ragas, summary
+
+    passage = "Employees may carry over up to five days of unused annual leave into the next leave year."
+    row = {"id": "a", "expected_status": "answered", "expected_answer": "Up to five days.", "query": "q", "question": "q"}
+    rows = [
+        {**row, "answer": "Up to five days.", "passages": [{"text": passage}, {"text": "Expenses need receipts."}]},
+        {**row, "id": "b", "answer": "Receipts are needed.", "passages": [{"text": "Expenses need receipts."}, {"text": passage}]},
+        {**row, "id": "c", "answer": None, "passages": []},
+    ]
+    info = add_ragas(rows, lambda r: [passage])
+    right, wrong, none = (r["ragas"] for r in rows)
+    assert right["rouge_l"] == 1.0 and right["string_similarity"] == 1.0 and wrong["rouge_l"] < 0.3
+    assert right["context_precision"] > wrong["context_precision"]  # rank 1 vs rank 2 of the reference
+    assert right["context_recall"] == wrong["context_recall"] == 1.0
+    assert none["context_recall"] == 0.0 and none["rouge_l"] == 0.0  # nothing retrieved, nothing said
+    assert info == {"items_judged": 0, "failures": []}
+    assert summary(rows)["ragas_rouge_l"] == round((1.0 + wrong["rouge_l"]) / 3, 4)
+
+
 # -- a real run, its report, review and the gate -----------------------------------------------
 
 
@@ -139,6 +159,13 @@ def test_a_run_scores_real_answers(eval_run):
     assert out["versions"]["eval_set"] == run["set"]["hash"] and len(out["versions"]["documents"]) == 29
     audit = (settings.data_dir / "eval" / "runs" / out["run_id"] / "audit" / "audit.jsonl").read_text()
     assert audit.count("\n") == 6  # the run's own audit trail, not the service's
+    # ragas non-LLM metrics: the right answer from the right passage scores high; the reference
+    # contexts are the expected section's text read from the store
+    assert a1["ragas"]["rouge_l"] > 0.8 and a1["ragas"]["context_recall"] == 1.0
+    assert a1["ragas"]["context_precision"] > 0.3
+    assert r1["ragas"]["rouge_l"] is None and r1["ragas"]["context_recall"] is None  # nothing expected
+    assert s["ragas_rouge_l"] == a1["ragas"]["rouge_l"] and s["ragas_faithfulness"] is None
+    assert run["judge"] is None and "ragas_rouge_l" in out["baseline_summary"]
 
 
 def test_the_gate_refuses_on_leaks_and_low_refusal_recall_and_without_a_run(eval_run):
@@ -235,3 +262,51 @@ def test_an_adapter_that_refuses_nearly_everything_does_not_pass():
     assert summary_failures(settings, good, None, None) == []
     worse = dict(good, status_accuracy=0.7)
     assert any("worse than promoted v1" in f for f in summary_failures(settings, worse, good, "v1"))
+
+
+# -- external sets (a generic loader: docs/ + qa.jsonl, indexed on their own) ------------------
+
+
+def make_external_set(root: Path) -> Path:
+    folder = root / "tinyset"
+    (folder / "docs").mkdir(parents=True)
+    acme = "Acme collects your IP address and browser type when you visit the website, to keep the service secure."
+    (folder / "docs" / "acme-com.txt").write_text(f"Acme privacy policy\n\n{acme}\n")
+    (folder / "docs" / "zenith-com.txt").write_text(
+        "Zenith privacy policy\n\nZenith keeps account records for seven years after an account is closed.\n")
+    (folder / "documents.jsonl").write_text(json.dumps({"doc_id": "acme-com", "title": "acme.com"}) + "\n"
+                                            + json.dumps({"doc_id": "zenith-com", "title": "zenith.com"}) + "\n")
+    qa = [
+        {"id": "q1", "question": "Does the company collect IP addresses?", "answer": "IP address and browser type",
+         "evidence": acme, "doc_id": "acme-com"},
+        {"id": "q2", "question": "Which arbitration venue applies to disputes?", "answer": None, "evidence": [],
+         "doc_id": "zenith-com"},
+    ]
+    (folder / "qa.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
+    return folder
+
+
+def test_an_external_set_runs_through_the_pipeline_in_its_own_index(service, tmp_path):
+    from eval.external import load_external_set, run_external, set_folders
+    from eval.gate import gate_failures
+    from eval.runner import load_run
+
+    folder = make_external_set(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data")
+    eval_set, evidence = load_external_set(folder)
+    assert [i.expected.status for i in eval_set.items] == ["answered", "refused"]
+    assert eval_set.items[0].question.endswith("(in acme.com)") and evidence["q1"]
+    gold_points = service.pipeline.retriever.store.count()
+
+    out = run_external(settings, folder, service=service, adapter="v1")
+    run, rows = load_run(settings, out["run_id"])
+    assert run["set"]["name"] == "external:tinyset" and run["external"]["documents"] == 2
+    q1 = next(r for r in rows if r["id"] == "q1")
+    assert q1["passages"][0]["doc_id"] == "acme-com" and q1["retrieval"]["recall_at_k"] == 1.0
+    assert q1["ragas"]["context_recall"] == 1.0  # the evidence, scrubbed like the index, is retrieved
+    assert (settings.data_dir / "eval" / "external" / "tinyset" / "index").is_dir()
+    assert service.pipeline.retriever.store.count() == gold_points  # the gold index is untouched
+    assert "no complete eval" in gate_failures(settings, "v1", None)[0]  # never counts for the gate
+    assert set_folders(tmp_path) == [folder]
+    with pytest.raises(ConfigError, match="no external set"):
+        set_folders(tmp_path / "data")
