@@ -7,8 +7,9 @@ Two kinds:
 - the LLM-judged ragas metrics (faithfulness, response relevancy, context precision and context
   recall), only when a judge is configured as an OpenAI-compatible endpoint
   (`POLICYRAG_EVAL_JUDGE_URL`). The judge is driven through instructor in JSON-schema mode, so a
-  vLLM judge is constrained to ragas' own output schemas and even a small model's output parses;
-  parseable is not the same as right, and the report says which judge scored the run.
+  vLLM judge is constrained to ragas' own output schemas and even a small model's output parses
+  (a small judge can still run past its max_tokens: that metric is recorded as failed for that
+  item); parseable is not the same as right, and the report says which judge scored the run.
 
 Scores are added to each row under `ragas` and averaged by `summary`.
 """

@@ -109,7 +109,12 @@ def open_store(settings: Settings) -> Store:
     if settings.store_url:
         from retrieval.store_server import ServerStore
 
-        return ServerStore(settings.store_url, settings.collection, api_key=settings.store_api_key)
+        return ServerStore(
+            settings.store_url, settings.collection, api_key=settings.store_api_key,
+            shard_number=settings.store_shard_number,
+            replication_factor=settings.store_replication_factor,
+            write_consistency_factor=settings.store_write_consistency_factor,
+        )
     from retrieval.store_edge import EdgeStore
 
     return EdgeStore(settings.index_dir / settings.collection)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from retrieval.store import (
     StoreQuery,
 )
 
+logger = logging.getLogger(__name__)
+
 
 def to_qdrant_filter(store_filter: StoreFilter) -> models.Filter:
     return models.Filter(
@@ -33,8 +36,20 @@ def to_qdrant_filter(store_filter: StoreFilter) -> models.Filter:
 class ServerStore:
     """Usage: `ServerStore("http://localhost:6333", "policies")` or `ServerStore(":memory:", ...)`."""
 
-    def __init__(self, url: str, collection: str, *, api_key: str | None = None) -> None:
+    def __init__(self, url: str, collection: str, *, api_key: str | None = None,
+                 shard_number: int | None = None, replication_factor: int | None = None,
+                 write_consistency_factor: int | None = None) -> None:
         self.collection = collection
+        # the cluster layout of a new collection; unset values are left to the server's defaults
+        layout = {
+            name: value
+            for name, value in (
+                ("shard_number", shard_number),
+                ("replication_factor", replication_factor),
+                ("write_consistency_factor", write_consistency_factor),
+            )
+            if value is not None
+        }
         try:
             if url == ":memory:":
                 self.client = QdrantClient(location=":memory:")
@@ -49,7 +64,10 @@ class ServerStore:
                     sparse_vectors_config={
                         SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
                     },
+                    **layout,
                 )
+            elif layout:
+                self._warn_on_other_layout(layout)
             present = self.indexed_fields()
             with warnings.catch_warnings():
                 # in-process mode warns that it keeps no indexes; a real server builds them
@@ -66,6 +84,19 @@ class ServerStore:
                 f"cannot reach the Qdrant store at {url} (collection {collection!r}): {exc}; "
                 "check POLICYRAG_STORE_URL"
             ) from exc
+
+    def _warn_on_other_layout(self, layout: dict[str, int]) -> None:
+        """An existing collection keeps the layout it was created with: say so when it differs."""
+        params = self.client.get_collection(self.collection).config.params
+        for name, wanted in layout.items():
+            actual = getattr(params, name, None)
+            if actual is not None and actual != wanted:
+                # shard_number is fixed at creation; replication and write consistency can be changed
+                # on the server (update_collection), which this store never does on its own
+                logger.warning(
+                    "collection %r has %s=%s, not the configured %s; the setting applies only when the "
+                    "collection is created", self.collection, name, actual, wanted,
+                )
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
         if not points:

@@ -136,3 +136,33 @@ def test_a_dead_server_gives_503_then_the_supervisor_brings_it_back(vllm_client,
     while server.restarts < 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert server.restarts == 1
+
+
+def test_ragas_llm_judged_metrics_parse_from_a_small_json_schema_constrained_vllm_judge(vllm_service, vllm_settings, server,
+                                                                                          tmp_path):
+    """The judge is the server's own base model (135M): a weak judge, but JSON-schema decoding
+    makes its output parse, so the judged metrics are numbers; a call that runs past the judge's
+    max_tokens is recorded as that metric's failure for that item, and the run goes on."""
+    import json
+
+    from eval.runner import load_run, run_eval
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({
+        "id": "j1", "category": "answerable", "user": "alice", "question": CARRY_OVER,
+        "expected": {"status": "answered", "answer": "Up to 5 days of unused leave can be carried over.",
+                     "sources": [{"doc_id": "leave-uk"}]}}) + "\n")
+    settings = vllm_settings.model_copy(update={
+        "data_dir": tmp_path / "data", "gold_set_file": gold, "eval_judge_url": server.url,
+        "eval_judge_model": "base", "eval_judge_items": 1, "eval_judge_max_tokens": 256})
+    out = run_eval(settings, service=vllm_service, adapter="v1")
+    run, rows = load_run(settings, out["run_id"])
+    assert run["judge"]["model"] == "base" and run["judge"]["url"] == server.url and run["judge"]["items_judged"] == 1
+    judged = rows[0]["ragas"]
+    assert rows[0]["answer"], "the tiny adapter answers this question (see test_the_hr_endpoint...)"
+    failed = {e.split(":")[0] for f in run["judge"]["failures"] for e in f["errors"]}
+    for key in ("faithfulness", "response_relevancy", "llm_context_precision", "llm_context_recall"):
+        assert (judged[key] is not None and 0.0 <= judged[key] <= 1.0) or key in failed, (key, run["judge"])
+    assert sum(judged[key] is not None for key in ("faithfulness", "response_relevancy", "llm_context_precision",
+                                                   "llm_context_recall")) >= 2
+    assert out["summary"]["ragas_response_relevancy"] == judged["response_relevancy"]
