@@ -106,6 +106,28 @@ def report_command(
     console.print(f"report: {html_path}" + (f"\n        {pdf_path}" if pdf_path else ""))
 
 
+def checklist_command(
+    adapter: Annotated[str | None, typer.Option(help="adapter version (default: the promoted one)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The production checklist for an adapter, checked from the real artifacts; exits 1 on any ✗."""
+    from eval.checklist import run_checklist
+
+    try:
+        version, checks = run_checklist(get_settings(), adapter)
+    except PolicyRagError as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps({"adapter": version, "ok": all(c.ok for c in checks),
+                                       "checks": [c.__dict__ for c in checks]}))
+    else:
+        console.print(f"[bold]production checklist for adapter {version or '–'}[/]")
+        for c in checks:
+            console.print(f"{'[green]✓[/]' if c.ok else '[red]✗[/]'} {c.name}: {c.evidence}", soft_wrap=True, highlight=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
 @review_app.command("export")
 def review_export(run: Annotated[str | None, typer.Option(help="run id (default: the latest)")] = None) -> None:
     """Write the run's edge cases as a review sheet (CSV to fill in, HTML to read)."""

@@ -52,10 +52,11 @@ app.command("ask")(ask)
 app.command("audit")(audit)
 app.add_typer(keys_app, name="keys")
 
-from eval.cli import eval_command, report_command, review_app  # noqa: E402
+from eval.cli import checklist_command, eval_command, report_command, review_app  # noqa: E402
 
 app.command("eval")(eval_command)
 app.command("report")(report_command)
+app.command("checklist")(checklist_command)
 app.add_typer(review_app, name="review")
 
 

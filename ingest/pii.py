@@ -45,6 +45,10 @@ class PiiScrubber:
         self._analyzer = None
         self._anonymizer = None
 
+    @classmethod
+    def from_settings(cls, settings) -> PiiScrubber:
+        return cls(settings.spacy_model, score_threshold=settings.pii_score_threshold, allow_list=settings.pii_allow_list)
+
     def scrub(self, text: str, *, extra_allow: Iterable[str] = ()) -> tuple[str, PiiReport]:
         from presidio_anonymizer.entities import OperatorConfig
 

@@ -113,11 +113,7 @@ class Ingestor:
             batch_size=settings.embed_batch_size,
             dtype=settings.embedding_dtype,
         )
-        self.scrubber = scrubber or PiiScrubber(
-            settings.spacy_model,
-            score_threshold=settings.pii_score_threshold,
-            allow_list=settings.pii_allow_list,
-        )
+        self.scrubber = scrubber or PiiScrubber.from_settings(settings)
         self._sparse: SparseEncoder | None = None
 
     def close(self) -> None:

@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     eval_judge_max_tokens: int = Field(512, ge=64, description="per judge call")
     eval_judge_items: int | None = Field(60, ge=1, description="judge at most this many answered items per run")
 
+    checklist_max_bench_age_days: int = Field(30, ge=1, description="`policyrag checklist`: an older answer benchmark does not count")
+
     # promotion gate (issue: eval): `adapters promote V` needs V's eval on the current locked set
     gate_min_schema_validity: float = Field(1.0, ge=0.0, le=1.0, description="constrained decoding")
     gate_max_acl_leaks: int = Field(0, ge=0)

@@ -37,11 +37,7 @@ def build_training_data(
     if scrubber is None:
         from ingest.pii import PiiScrubber
 
-        scrubber = PiiScrubber(
-            settings.spacy_model,
-            score_threshold=settings.pii_score_threshold,
-            allow_list=settings.pii_allow_list,
-        )
+        scrubber = PiiScrubber.from_settings(settings)
     pairs, rule_rejections, pii = apply_rules(
         candidates,
         scrubber=scrubber,

@@ -226,6 +226,41 @@ def adapters_rollback(as_json: Annotated[bool, typer.Option("--json")] = False) 
     _print_change("rolled back to", record.version, as_json)
 
 
+@adapters_app.command("drill")
+def adapters_drill(
+    user: Annotated[str | None, typer.Option(help="who asks the drill question (default: the directory's first user)")] = None,
+    backend: Annotated[str | None, typer.Option(help="vllm or local (default: local: the drill needs no server)")] = "local",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rollback drill: answer with the live adapter, roll back, answer, restore, answer (recorded)."""
+    from answer.cli import settings_for_backend
+    from answer.service import build_service
+    from tuning.drill import rollback_drill
+
+    try:
+        with err_console.status("starting the answer pipeline") as status:
+            service = build_service(settings_for_backend(backend), on_stage=status.update)
+        try:
+            outcome = rollback_drill(service, user=user)
+        finally:
+            service.close()
+    except PolicyRagError as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(outcome))
+    else:
+        table = Table(title=f"rollback drill: {outcome['version']} → {outcome['rolled_back_to']} → {outcome['version']}")
+        for column in ("step", "expected", "served", "status", "seconds", "ok"):
+            table.add_column(column)
+        for s in outcome["steps"]:
+            table.add_row(s["step"], s["expected"], str(s["served"]), s["status"], str(s["seconds"]), "✓" if s["ok"] else "✗")
+        console.print(table)
+        console.print(("[green]drill passed[/]" if outcome["ok"] else f"[red]drill failed[/] {outcome.get('problem', '')}")
+                      + " (recorded in the adapter registry)")
+    if not outcome["ok"]:
+        raise typer.Exit(1)
+
+
 @adapters_app.command("export")
 def adapters_export(
     version: str,

@@ -136,6 +136,11 @@ class AdapterRegistry:
             self._write_state(_with_event(state, {"action": "rollback", "version": previous, "from": current}))
         return record
 
+    def record(self, event: dict[str, Any]) -> None:
+        """Add an event (e.g. a rollback drill's outcome) to the registry's log."""
+        with self._lock():
+            self._write_state(_with_event(self._state(), event))
+
     # -- reading ----------------------------------------------------------------------------
 
     def versions(self) -> list[str]:
@@ -152,6 +157,10 @@ class AdapterRegistry:
     def promoted_version(self) -> str | None:
         stack = self._state()["promoted"]
         return stack[-1] if stack else None
+
+    def promotion_history(self) -> list[str]:
+        """Promoted versions, oldest first; the last is live, the one before is the rollback target."""
+        return list(self._state()["promoted"])
 
     def promoted(self) -> AdapterRecord | None:
         version = self.promoted_version()

@@ -84,3 +84,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def register_copy(data: Path, source: str = "v1", **manifest) -> str:
+    """Register a new version with `source`'s adapter files (same base model); returns it."""
+    from tuning.registry import AdapterRegistry
+
+    registry = AdapterRegistry(data / "adapters")
+    with registry.staging() as staged:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(data / "adapters" / source / name, staged / name)
+        return registry.register(staged, {"base_model": registry.load(source).manifest["base_model"], **manifest}).version

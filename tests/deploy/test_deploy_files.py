@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from ingest.settings import PROJECT_ROOT, Settings
+from eval.checklist import exported_series, metric_names_in
 
 DEPLOY = PROJECT_ROOT / "deploy"
 CHART = DEPLOY / "helm" / "policyrag"
@@ -44,33 +45,6 @@ def plain_yaml_files() -> list[Path]:
 
 def alert_rules() -> list[dict]:
     return [rule for group in load(ALERTS)["groups"] for rule in group["rules"]]
-
-
-def metric_names_in(expr: str) -> set[str]:
-    """The series names a PromQL expression selects (functions, keywords, labels removed)."""
-    expr = re.sub(r'"[^"]*"', "", expr)
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range durations
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    expr = re.sub(r"\boffset\s+\w+", "", expr)
-    names = set()
-    for match in re.finditer(r"([A-Za-z_:][\w:]*)\s*(\()?", expr):
-        if match.group(2) or match.group(1) in {"and", "or", "unless", "bool"}:
-            continue  # a function call, or a binary keyword
-        names.add(match.group(1))
-    return names
-
-
-def exported_series() -> set[str]:
-    """Series names the answer service's registry exposes, with prometheus_client's suffixes."""
-    from answer.service import Metrics
-
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "summary": ("", "_count", "_sum", "_created")}
-    names = set()
-    for family in Metrics().registry.collect():
-        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
-    return names
 
 
 def interpolate(value: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from eval.gold import load_gold_set
 from eval.metrics import aggregate, citation_scores, exact_match, retrieval_scores, token_f1
 from ingest.errors import ConfigError
 from ingest.settings import PROJECT_ROOT, Settings, get_settings
-from tests.answer.helpers import CARRY_OVER, CARRY_OVER_ANSWER, CARRY_OVER_QUOTE, RESTRICTED, copy_data
+from tests.answer.helpers import CARRY_OVER, CARRY_OVER_ANSWER, CARRY_OVER_QUOTE, RESTRICTED, copy_data, register_copy
 
 GOLD = PROJECT_ROOT / "policies" / "_eval" / "gold.jsonl"
 runner = CliRunner()
@@ -235,10 +234,7 @@ def test_adapters_promote_goes_through_the_gate_and_force_is_recorded(answer_dat
         from tuning.registry import AdapterRegistry
 
         registry = AdapterRegistry(data / "adapters")
-        with registry.staging() as staged:
-            for name in ("adapter_config.json", "adapter_model.safetensors"):
-                shutil.copy2(data / "adapters" / "v1" / name, staged / name)
-            registry.register(staged, {"base_model": registry.load("v1").manifest["base_model"]})
+        assert register_copy(data) == "v2"
         refused = runner.invoke(app, ["adapters", "promote", "v2"])
         assert refused.exit_code == 2 and "no complete eval of v2" in refused.output
         assert runner.invoke(app, ["adapters", "promote", "v2", "--force"]).exit_code == 2  # a reason is required
