@@ -29,9 +29,10 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; \
 	  else echo "install Debian's chromium (sudo apt-get install chromium) for the chat-page tests"; fi; }
 
+# models, ingest, an adapter (trained, evaluated and promoted through the gate when none is),
+# vLLM and the answer service; prints the chat URL and a curl; Ctrl-C stops everything
 run: install
-	$(BIN)/policyrag models provision
-	$(BIN)/policyrag ingest policies
+	HF_HUB_OFFLINE=1 $(BIN)/policyrag up
 
 test: install browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -54,6 +54,25 @@ def serve(
         service.close()
 
 
+def up_command(
+    host: Annotated[str | None, typer.Option(help="default: POLICYRAG_SERVICE_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default: POLICYRAG_SERVICE_PORT")] = None,
+    backend: Annotated[str | None, typer.Option(help="vllm or local (default: POLICYRAG_ANSWER_BACKEND)")] = None,
+) -> None:
+    """Everything from a checkout to a served assistant: models, ingest, adapter (trained, evaluated and
+    promoted through the gate if none is), vLLM and the answer service. Ctrl-C stops it all."""
+    from answer.up import up
+
+    settings = settings_for_backend(backend)
+    try:
+        up(settings, host=host or settings.service_host, port=port or settings.service_port)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: everything started was stopped; what finished is kept")
+        raise typer.Exit(130) from None
+    except PolicyRagError as exc:
+        _fail(exc)
+
+
 def ask(
     question: Annotated[str, typer.Argument(help="the question")],
     user: Annotated[str, typer.Option("--as", help="the asking user (a directory user id)")],

@@ -45,9 +45,10 @@ from tuning.cli import adapters_app, tune_app  # noqa: E402  (each stage owns it
 app.add_typer(tune_app, name="tune")
 app.add_typer(adapters_app, name="adapters")
 
-from answer.cli import ask, audit, keys_app, serve  # noqa: E402
+from answer.cli import ask, audit, keys_app, serve, up_command  # noqa: E402
 
 app.command("serve")(serve)
+app.command("up")(up_command)
 app.command("ask")(ask)
 app.command("audit")(audit)
 app.add_typer(keys_app, name="keys")

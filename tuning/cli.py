@@ -66,7 +66,6 @@ def train(
     """Train a LoRA/QLoRA adapter and register it (never promotes unless --promote)."""
     from tuning.config import TrainConfig
     from tuning.registry import AdapterRegistry
-    from tuning.train import train_adapter
 
     settings = get_settings()
     registry = AdapterRegistry(settings.adapters_dir)
@@ -75,30 +74,7 @@ def train(
             method="qlora" if qlora else None, max_steps=max_steps, batch_size=batch_size, rank=rank,
             learning_rate=learning_rate, seed=seed, time_budget_s=time_budget, compare_items=compare_items,
         )
-        progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[tps]:>5.0f} tok/s  loss {task.fields[loss]:.3f}{task.fields[eval]}"),
-            TimeRemainingColumn(), console=err_console, transient=as_json,
-        )
-        with progress:
-            task = progress.add_task("training", total=config.max_steps, tps=0.0, loss=0.0, eval="")
-
-            def on_step(info) -> None:
-                extra = f"  held-out {info.eval_loss:.3f}" if info.eval_loss is not None else ""
-                fields = {"tps": info.tokens_per_s, "loss": info.loss}
-                if extra:
-                    fields["eval"] = extra
-                progress.update(task, completed=info.step, **fields)
-                if not err_console.is_terminal and (info.step == 1 or info.eval_loss is not None):
-                    # logs and CI get a plain line now and then instead of a live bar
-                    err_console.print(
-                        f"step {info.step}/{info.max_steps}  loss {info.loss:.3f}{extra}  "
-                        f"{info.tokens_per_s:.0f} tok/s  ETA {info.eta_s:.0f} s", markup=False)
-
-            def on_stage(stage: str) -> None:
-                progress.console.print(f"[dim]{stage}[/]")
-
-            record = train_adapter(settings, config, registry=registry, on_stage=on_stage, on_step=on_step)
+        record = train_with_progress(settings, config, registry, transient=as_json)
         if promote:
             gated_promote(settings, record.version, reason="tune train --promote")
     except KeyboardInterrupt:
@@ -108,6 +84,36 @@ def train(
     except PolicyRagError as exc:
         _fail(exc)
     _print_record(record, as_json)
+
+
+def train_with_progress(settings, config, registry, *, transient: bool = False):
+    """train_adapter with a live bar (steps, tokens/s, loss, held-out loss, ETA)."""
+    from tuning.train import train_adapter
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[tps]:>5.0f} tok/s  loss {task.fields[loss]:.3f}{task.fields[eval]}"),
+        TimeRemainingColumn(), console=err_console, transient=transient,
+    )
+    with progress:
+        task = progress.add_task("training", total=config.max_steps, tps=0.0, loss=0.0, eval="")
+
+        def on_step(info) -> None:
+            extra = f"  held-out {info.eval_loss:.3f}" if info.eval_loss is not None else ""
+            fields = {"tps": info.tokens_per_s, "loss": info.loss}
+            if extra:
+                fields["eval"] = extra
+            progress.update(task, completed=info.step, **fields)
+            if not err_console.is_terminal and (info.step == 1 or info.eval_loss is not None):
+                # logs and CI get a plain line now and then instead of a live bar
+                err_console.print(
+                    f"step {info.step}/{info.max_steps}  loss {info.loss:.3f}{extra}  "
+                    f"{info.tokens_per_s:.0f} tok/s  ETA {info.eta_s:.0f} s", markup=False)
+
+        def on_stage(stage: str) -> None:
+            progress.console.print(f"[dim]{stage}[/]")
+
+        return train_adapter(settings, config, registry=registry, on_stage=on_stage, on_step=on_step)
 
 
 @tune_app.command("compare")

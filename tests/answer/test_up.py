@@ -1,0 +1,101 @@
+"""`policyrag up` (what `make run` runs): the decision of what to serve, and a second run on a
+ready data folder — serving, the printed curl answering with a cited answer, Ctrl-C stopping
+everything."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from answer.up import plan
+from ingest.settings import Settings
+from tests.answer.helpers import CARRY_OVER, RESTRICTED, copy_data, free_port
+
+
+def gold(path: Path, items: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return path
+
+
+REFUSED = {"id": "r1", "category": "restricted", "user": "alice", "question": RESTRICTED,
+           "expected": {"status": "refused", "reason": "no_authorized_source"}}
+LEAKY = {"id": "x1", "category": "restricted", "user": "alice", "question": CARRY_OVER,
+         "expected": {"status": "refused", "reason": "no_authorized_source"}, "forbidden": ["8 days"]}
+
+
+def test_the_plan_trains_evaluates_promotes_or_falls_back_to_base(corpus_data, answer_data, service, tmp_path):
+    from eval.runner import run_eval
+
+    fresh = Settings(data_dir=corpus_data)
+    assert plan(fresh).action == "train"
+    assert plan(Settings(data_dir=answer_data)) == plan(Settings(data_dir=answer_data))
+    assert plan(Settings(data_dir=answer_data)).action == "serve" and plan(Settings(data_dir=answer_data)).version == "v1"
+
+    data = copy_data(answer_data, tmp_path / "data")
+    state = json.loads((data / "adapters" / "registry.json").read_text())
+    (data / "adapters" / "registry.json").write_text(json.dumps({**state, "promoted": []}))  # registered, never promoted
+    passing = Settings(data_dir=data, gold_set_file=gold(tmp_path / "pass.jsonl", [REFUSED]))
+    assert plan(passing).action == "evaluate" and plan(passing).version == "v1"
+    run_eval(passing, service=service, adapter="v1")
+    assert plan(passing).action == "promote"
+
+    failing = passing.model_copy(update={"gold_set_file": gold(tmp_path / "fail.jsonl", [LEAKY])})
+    run_eval(failing, service=service, adapter="v1")  # the adapter says "8 days": a leak for this item
+    decision = plan(failing)
+    assert decision.action == "base" and "ACL leakage" in decision.why
+
+
+@pytest.mark.slow
+def test_a_second_run_serves_prints_a_working_curl_and_stops_on_ctrl_c(answer_data, tmp_path):
+    data = copy_data(answer_data, tmp_path / "data")
+    port = free_port()
+    env = {**os.environ, "POLICYRAG_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", "up", "--backend", "local", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip().startswith("curl "):
+                break
+        curl = lines[-1].strip()
+        ready = time.perf_counter() - started
+        assert curl.startswith(f"curl -s http://127.0.0.1:{port}/v1/hr/answer"), "".join(lines)
+        assert any("adapter v1" in line for line in lines)
+        for _ in range(50):  # uvicorn binds right after the banner
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        if shutil.which("curl"):
+            answer = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True, text=True, check=True, timeout=120).stdout)
+        else:  # the same request without curl
+            key = curl.split("Bearer ")[1].split("'")[0]
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/hr/answer", headers={"Authorization": f"Bearer {key}"},
+                                json={"question": "How many days of annual leave can I carry over?"}, timeout=120).json()
+        assert answer["status"] == "answered" and answer["citations"], answer
+        print(f"second run: serving after {ready:.0f} s (local backend)")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped: the answer service" in err
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing left listening
