@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from answer.auth import Authenticator
 from answer.backends import Backend
 from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_turns
-from ingest.errors import ConfigError, PolicyRagError
+from ingest.errors import ConfigError, PolicyRagError, StoreError
 from ingest.settings import Settings
 from retrieval.acl import Principal
 
@@ -120,7 +120,10 @@ class OpenAIMessage(BaseModel):
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return " ".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            texts = [part.get("text") or "" for part in self.content if part.get("type") == "text"]
+            if not all(isinstance(t, str) for t in texts):
+                raise InvalidRequest("a message content part of type 'text' needs a string 'text'")
+            return " ".join(texts)
         return self.content or ""
 
 
@@ -241,8 +244,19 @@ class QuestionTooLong(PolicyRagError):
     code = "question_too_long"
 
 
+def _check_unicode(text: str) -> str:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer, log or response can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"the text is not valid Unicode (an unpaired surrogate at character {exc.start}); send UTF-8 text"
+        ) from None
+    return text
+
+
 def _check_question(service: Service, text: str) -> str:
-    text = text.strip()
+    text = _check_unicode(text).strip()
     if not text:
         raise InvalidRequest("the question is empty; send a question")
     if len(text) > service.settings.max_question_chars:
@@ -339,6 +353,11 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:
+            # FastAPI's "error parsing the body" (not UTF-8, nested past the JSON parser's depth):
+            # a malformed request like any other, so the documented 422 invalid_request
+            cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ is not None else ""
+            return _error("invalid_request", f"the request body cannot be parsed{cause}; send a UTF-8 JSON object", 422)
         codes = {404: "not_found", 405: "method_not_allowed"}
         return _error(codes.get(exc.status_code, "http_error"), str(exc.detail), exc.status_code)
 
@@ -419,7 +438,7 @@ def create_app(service: Service) -> FastAPI:
             raise InvalidRequest("the last message must be a user message with the question")
         question = _check_question(service, users[-1])
         # earlier user turns are the conversation; rewrite them the same way the chat does
-        history = rewrite_turns(users[:-1])
+        history = rewrite_turns([_check_unicode(turn) for turn in users[:-1]])
         service.slot()
         created = int(time.time())
         if not body.stream:
@@ -566,6 +585,36 @@ def _pieces(text: str, size: int = 24) -> Iterator[str]:
 # -- building a service from settings -------------------------------------------------------------
 
 
+class _StoreBoundary:
+    """The retriever's store, with its failures translated at the boundary: the Qdrant Edge
+    binding and qdrant-client raise their own exceptions (a closed shard, a refused connection),
+    which would otherwise reach callers as 500 `internal_error`; they become `StoreError`
+    (503 `store_error` with Retry-After). Only the calls a request makes are wrapped."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+
+    def _call(self, name: str, *args, **kwargs):
+        try:
+            return getattr(self._store, name)(*args, **kwargs)
+        except PolicyRagError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"the vector store failed ({type(exc).__name__}: {exc}); check that the index is reachable "
+                "(POLICYRAG_STORE_URL, or the index under POLICYRAG_DATA_DIR) and retry"
+            ) from exc
+
+    def query(self, request):
+        return self._call("query", request)
+
+    def count(self) -> int:
+        return self._call("count")
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
 def build_service(settings: Settings, *, backend: Backend | None = None, embedder=None,
                   on_stage=lambda stage: None) -> Service:
     """Open the store, load the embedder, and start or connect to the model backend."""
@@ -575,6 +624,7 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
     check_production_secrets(settings)
     on_stage("opening the index")
     retriever = Retriever.from_settings(settings, embedder=embedder)
+    retriever.store = _StoreBoundary(retriever.store)
     model_dir, identity = serving_base_model(settings)
     supervisor = None
     if backend is None:
@@ -603,15 +653,37 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
     return Service(settings=settings, pipeline=pipeline, auth=auth, supervisor=supervisor)
 
 
+# secrets anyone can read: placeholders, and the example/test values published in this repository
+KNOWN_EXAMPLE_SECRETS = frozenset({
+    "change-me", "changeme", "change_me", "secret", "your-256-bit-secret",
+    "test-secret-of-at-least-32-bytes-length!", "another-secret-of-at-least-32-bytes!!",
+})
+MIN_JWT_SECRET_BYTES = 32  # HS256 signs with SHA-256: a shorter key is weaker than the hash (RFC 7518 §3.2)
+
+
 def check_production_secrets(settings: Settings) -> None:
-    """Outside `local`, refuse demo API keys in the directory."""
+    """Outside `local`, refuse demo API keys in the directory and a weak or known JWT secret."""
     if settings.environment == "local":
         return
     from retrieval.directory import load_directory
 
+    problems = []
     demo = [uid for uid, user in load_directory(settings.directory_file).users.items() if user.api_key]
     if demo:
-        raise ConfigError(
-            f"environment is {settings.environment!r} but the directory {settings.directory_file} holds demo API keys "
+        problems.append(
+            f"the directory {settings.directory_file} holds demo API keys "
             f"(users: {', '.join(demo)}); remove them and issue keys with `policyrag keys create`"
         )
+    if settings.jwt_hs256_secret is not None:
+        secret = settings.jwt_hs256_secret.get_secret_value()
+        size = len(secret.encode("utf-8"))
+        known = secret.strip().lower() in KNOWN_EXAMPLE_SECRETS
+        if known or size < MIN_JWT_SECRET_BYTES:
+            why = "is a published example value" if known else f"is only {size} bytes"
+            problems.append(
+                f"POLICYRAG_JWT_HS256_SECRET (jwt_hs256_secret) {why}; set it to a random secret of at least "
+                f"{MIN_JWT_SECRET_BYTES} bytes, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`, "
+                "or unset it to accept only API keys and RS256 tokens"
+            )
+    if problems:
+        raise ConfigError(f"environment is {settings.environment!r}; refusing to start: " + "; ".join(problems))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from answer.audit import AuditLog
+from answer.backends import BackendUnavailable
 from answer.contract import render_answer
 from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_turns
 from eval.gold import EvalSet, GoldItem, load_gold_set
@@ -130,8 +132,15 @@ def evaluate(pipeline: AnswerPipeline, eval_set: EvalSet, docs: dict[str, DocInf
 
     def one(item: GoldItem) -> dict[str, Any]:
         principal = pipeline.retriever.principal(item.user)
-        result = pipeline.answer(principal, item.question, history=rewrite_turns(item.turns), endpoint="eval",
-                                 adapter_version=adapter, constrained=constrained)
+        for attempt in range(3):  # a busy or restarting model server costs a retry, not the run
+            try:
+                result = pipeline.answer(principal, item.question, history=rewrite_turns(item.turns), endpoint="eval",
+                                         adapter_version=adapter, constrained=constrained)
+                break
+            except BackendUnavailable:
+                if attempt == 2:
+                    raise
+                time.sleep(10 * (attempt + 1))
         row = score_item(item, result, unreadable(principal, docs), pipeline.settings.answer_passages)
         on_item(row)
         return row

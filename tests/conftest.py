@@ -154,10 +154,7 @@ def tuning_settings(corpus_data, tmp_path) -> Settings:
 
 # -- the answer service: corpus + base model + a tiny promoted adapter (tests/answer/helpers.py) --
 
-import threading  # noqa: E402
-import time  # noqa: E402
-
-from tests.answer.helpers import copy_data, free_port, train_tiny_adapter  # noqa: E402
+from tests.answer.helpers import copy_data, train_tiny_adapter  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -199,18 +196,8 @@ def client(service):
 @pytest.fixture(scope="session")
 def live_url(service):
     """The app served by a real uvicorn on loopback (for the OpenAI SDK and Chromium)."""
-    import uvicorn
-
     from answer.service import create_app
+    from tests.answer.helpers import serving
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(service)) as url:
+        yield url

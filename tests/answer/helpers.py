@@ -8,8 +8,12 @@ answers is whatever the model makes of it, which the pipeline must verify like a
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 from ingest.settings import Settings
@@ -95,3 +99,31 @@ def register_copy(data: Path, source: str = "v1", **manifest) -> str:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(data / "adapters" / source / name, staged / name)
         return registry.register(staged, {"base_model": registry.load(source).manifest["base_model"], **manifest}).version
+
+
+@contextlib.contextmanager
+def serving(app):
+    """The app behind a real uvicorn on loopback ."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events

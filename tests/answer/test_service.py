@@ -7,19 +7,11 @@ import json
 
 import pytest
 
-from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED
+from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED, sse_events
 
 ALICE = {"Authorization": "Bearer demo-alice-7Qm2"}
 HANNAH = {"Authorization": "Bearer demo-hannah-2Pz6"}
 PAY_TEXT = ("Salary Bands and Pay Review", "pay-bands", "Reward Team", "seven career levels")  # not in the question
-
-
-def sse_events(text: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 # -- identity ---------------------------------------------------------------------------------
