@@ -41,3 +41,10 @@ class DocumentRejected(PolicyRagError):
 
 class StoreError(PolicyRagError):
     code = "store_error"
+
+
+class DiskFull(StoreError):
+    """Too little free space to write the index safely (the embedded store memory-maps its files:
+    running out of space mid-write would crash the process instead of raising)."""
+
+    code = "disk_full"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -19,7 +20,7 @@ from pathlib import Path
 from ingest.chunking import chunk_document
 from ingest.documents import Chunk, LoadedDocument, PiiReport
 from ingest.embed import DenseEmbedder, SparseEncoder
-from ingest.errors import ConfigError, DocumentRejected
+from ingest.errors import ConfigError, DiskFull, DocumentRejected
 from ingest.loaders import load_document
 from ingest.manifest import JournalEntry, Manifest, ManifestRow
 from ingest.pii import PiiScrubber
@@ -39,6 +40,27 @@ logger = logging.getLogger(__name__)
 
 _POINT_NS = uuid.UUID("6f1c2b1e-94a4-4c55-9a51-6a1d1f3f0a11")
 _BATCH_CHUNKS = 256  # chunks embedded and written per store/manifest transaction
+# a point's dense vector, sparse vector and index entries, beyond its text (payload, WAL, sparse)
+_POINT_OVERHEAD_BYTES = 16 * 1024
+
+
+def ensure_free_space(settings: Settings, need_bytes: int, what: str) -> None:
+    """Refuse a write that would leave less than `ingest_min_free_mb` free under the data dir.
+
+    Qdrant Edge memory-maps its segment and WAL files; when the disk fills under a write to a
+    mapped page the process dies of SIGBUS instead of getting an error, so the space is checked
+    before each batch. Batches already written stay committed (manifest and store agree)."""
+    folder = settings.data_dir
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    floor = settings.ingest_min_free_mb * 1024 * 1024
+    if free - need_bytes < floor:
+        raise DiskFull(
+            f"only {free / 2**20:.0f} MiB free under {settings.data_dir}: too little to {what} and keep "
+            f"{settings.ingest_min_free_mb} MiB free (POLICYRAG_INGEST_MIN_FREE_MB); free some space or move "
+            "POLICYRAG_DATA_DIR, then run `policyrag ingest` again: what was indexed so far is kept and consistent"
+        )
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -106,6 +128,8 @@ class Ingestor:
         from ingest.provision import embedding_model_path
 
         self.settings = settings
+        if store is None and not settings.store_url:
+            ensure_free_space(settings, 0, "open the index")  # creating the store writes its files
         self.store = store if store is not None else open_store(settings)
         self.manifest = Manifest(settings.manifest_path)
         self.embedder = embedder or DenseEmbedder(
@@ -269,6 +293,10 @@ class Ingestor:
         batch: list[tuple[Work, list[Chunk], PiiReport, LoadedDocument | None]],
         report: IngestReport,
     ) -> None:
+        if not self.settings.store_url:
+            chunks = [chunk for _, chunks, _, _ in batch for chunk in chunks]
+            need = sum(len(c.text.encode("utf-8")) * 4 + _POINT_OVERHEAD_BYTES for c in chunks)
+            ensure_free_space(self.settings, need, f"write {len(chunks)} chunks")
         if self._sparse is None:
             self._sparse = SparseEncoder()
         texts = [

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
 
     # ingest rules
     max_file_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    ingest_min_free_mb: int = Field(
+        128, ge=0, description="ingest stops cleanly before a write would leave less free disk under the data dir"
+    )
     chunk_max_chars: int = Field(1000, ge=200, description="soft cap; a sentence is never split")
     embed_batch_size: int = Field(32, gt=0)
     pii_score_threshold: float = Field(0.35, ge=0.0, le=1.0)
