@@ -41,6 +41,18 @@ def vllm_command(model_dir: Path, settings: Settings, *, port: int) -> list[str]
     ]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the process that started it dies, however it
+    dies (kill -9 included), so a killed `policyrag eval`/`serve` leaves no model server behind.
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere stop() is the only way it ends."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
 class VllmServer:
     """One supervised vLLM process. `start()` waits until it serves; a watcher thread restarts it
     when it dies (with back-off), and `stop()` ends it and its children."""
@@ -75,7 +87,7 @@ class VllmServer:
         log = open(self.log_path, "ab")
         self._process = subprocess.Popen(
             vllm_command(self.model_dir, self.settings, port=self.port),
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         log.close()
 

@@ -166,3 +166,30 @@ def test_ragas_llm_judged_metrics_parse_from_a_small_json_schema_constrained_vll
     assert sum(judged[key] is not None for key in ("faithfulness", "response_relevancy", "llm_context_precision",
                                                    "llm_context_recall")) >= 2
     assert out["summary"]["ragas_response_relevancy"] == judged["response_relevancy"]
+
+
+def test_the_model_server_dies_with_the_process_that_started_it(tmp_path):
+    """The server is started in its own session (Ctrl-C at the terminal goes to the service,
+    which stops it); if the service itself is killed, PR_SET_PDEATHSIG stops the server too."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import subprocess, time
+from answer.vllm_server import _die_with_parent
+child = subprocess.Popen(["sleep", "600"], start_new_session=True, preexec_fn=_die_with_parent)
+open({str(pid_file)!r}, "w").write(str(child.pid))
+time.sleep(600)
+"""], cwd=os.getcwd())
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    child = psutil.Process(int(pid_file.read_text()))
+    parent.kill()  # SIGKILL: no cleanup code runs in the parent
+    parent.wait()
+    child.wait(timeout=10)  # raises TimeoutExpired if the child outlived its parent
+    assert not child.is_running()
