@@ -34,9 +34,7 @@ def serve(
     backend: Annotated[str | None, typer.Option(help="vllm or local (default: POLICYRAG_ANSWER_BACKEND)")] = None,
 ) -> None:
     """The answer service (and, unless POLICYRAG_VLLM_URL is set, the vLLM server it supervises)."""
-    import uvicorn
-
-    from answer.service import build_service, create_app
+    from answer.service import build_service, run_service
 
     settings = settings_for_backend(backend)
     host = host or settings.service_host
@@ -48,8 +46,7 @@ def serve(
         _fail(exc)
     try:
         err_console.print(f"[green]serving[/] http://{host}:{port}/  (chat page; API docs at /docs)")
-        uvicorn.run(create_app(service), host=host, port=port, log_level="warning",
-                    limit_concurrency=settings.max_concurrent_answers * 4, timeout_graceful_shutdown=10)
+        run_service(service, host, port)
     finally:
         service.close()
 

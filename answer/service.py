@@ -615,6 +615,15 @@ class _StoreBoundary:
         return getattr(self._store, name)
 
 
+def run_service(service: Service, host: str, port: int) -> None:
+    """Serve the app with uvicorn until Ctrl-C/SIGTERM (`policyrag serve` and `policyrag up`):
+    past 4x the answer slots uvicorn itself answers 503, so the queue stays bounded."""
+    import uvicorn
+
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning",
+                limit_concurrency=service.settings.max_concurrent_answers * 4, timeout_graceful_shutdown=10)
+
+
 def build_service(settings: Settings, *, backend: Backend | None = None, embedder=None,
                   on_stage=lambda stage: None) -> Service:
     """Open the store, load the embedder, and start or connect to the model backend."""

@@ -89,9 +89,7 @@ def demo_curl(settings: Settings, base_url: str) -> str:
 
 
 def up(settings: Settings, *, host: str, port: int) -> None:
-    import uvicorn
-
-    from answer.service import build_service, create_app
+    from answer.service import build_service, run_service
     from ingest.cli import _run_with_progress
     from ingest.pipeline import Ingestor
     from ingest.provision import embedding_model_path, provision_base_model
@@ -149,8 +147,7 @@ def up(settings: Settings, *, host: str, port: int) -> None:
                       f"backend {service.backend.name}\n  chat page:  {base_url}/\n  API docs:   {base_url}/docs\n"
                       f"  HR endpoint:\n    {demo_curl(settings, base_url)}\n  Ctrl-C stops everything.\n",
                       highlight=False, soft_wrap=True)
-        uvicorn.run(create_app(service), host=host, port=port, log_level="warning",
-                    limit_concurrency=settings.max_concurrent_answers * 4, timeout_graceful_shutdown=10)
+        run_service(service, host, port)
     finally:
         service.close()
         err_console.print("stopped: the answer service and the model server it started")
