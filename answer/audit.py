@@ -1,6 +1,7 @@
-"""The audit log: one JSON line per answer, append-only, rotated by size.
+"""The audit log: one JSON line per answer or operator action, append-only, rotated by size.
 
-A record holds who asked, what, the retrieval query, the passages retrieved for that user (ids,
+Every record has one shape (`AuditRecord`): `at`, `kind` (`answer` or `operator`), `endpoint`,
+`user`, then the fields of its kind. An answer record holds who asked, what, the retrieval query, the passages retrieved for that user (ids,
 versions, scores: never text, and only passages that user may read), the answer as shown, the
 versions used and the latency. Appends take an exclusive flock, so the service and a CLI `ask`
 running at once neither interleave lines nor lose a record during rotation; each line is written
@@ -17,9 +18,61 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.settings import Settings
 
 CURRENT = "audit.jsonl"
+
+
+class AuditRecord(BaseModel):
+    """One line of the audit log. Answer records come from the pipeline (`answer_record` fields
+    below); operator records from commands that change what is served (`adapters promote`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"))
+    kind: Literal["answer", "operator"]
+    endpoint: str
+    user: str
+    # answer records
+    request_id: str | None = None
+    conversation_id: str | None = None
+    question: str | None = None
+    query: str | None = None
+    passages: list[dict[str, Any]] | None = Field(None, description="ids, versions and scores: never passage text")
+    answer: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    repairs: list[str] | None = None
+    versions: dict[str, Any] | None = None
+    latency_ms: dict[str, float] | None = None
+    usage: dict[str, int] | None = None
+    # operator records
+    action: str | None = None
+    version: str | None = None
+    previous: str | None = None
+    forced: bool | None = None
+    gate_failures: list[str] | None = None
+
+    def line(self) -> bytes:
+        data = self.model_dump(exclude_none=True) | {k: None for k in self._null_fields()}
+        return (json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+
+    def _null_fields(self) -> tuple[str, ...]:
+        # fields of this record's kind that are part of its shape even when null
+        if self.kind == "answer":
+            return tuple(f for f in ("conversation_id", "reason") if getattr(self, f) is None)
+        return tuple(f for f in ("previous", "reason") if getattr(self, f) is None)
+
+
+def operator_record(*, endpoint: str, user: str, action: str, version: str, previous: str | None = None,
+                    forced: bool = False, gate_failures: list[str] | None = None,
+                    reason: str | None = None) -> AuditRecord:
+    return AuditRecord(kind="operator", endpoint=endpoint, user=user, action=action, version=version,
+                       previous=previous, forced=forced, gate_failures=gate_failures or [], reason=reason)
 
 
 class AuditLog:
@@ -28,12 +81,16 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.backups = backups
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AuditLog:
+        return cls(settings.audit_dir, max_bytes=settings.audit_max_bytes, backups=settings.audit_backups)
+
     @property
     def path(self) -> Path:
         return self.folder / CURRENT
 
-    def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    def append(self, record: AuditRecord) -> None:
+        line = record.line()
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -76,6 +133,7 @@ class AuditLog:
                     if not line.strip():
                         continue
                     record = json.loads(line)
+                    record.setdefault("kind", "answer" if "answer" in record else "operator")  # written before `kind`
                     if user is not None and record.get("user") != user:
                         continue
                     at = dt.datetime.fromisoformat(record["at"])

@@ -20,16 +20,17 @@ import os
 import secrets
 from pathlib import Path
 
-from ingest.errors import ConfigError, PolicyRagError
-from ingest.settings import Settings
+from core.errors import ConfigError, PolicyRagError
+from core.settings import Settings
 from retrieval.acl import Principal, UnknownUser, resolve_principal
-from retrieval.directory import Directory
+from retrieval.directory import Directory, load_directory
 
 KEY_PREFIX = "prk_"
 
 
 class Unauthenticated(PolicyRagError):
     code = "unauthenticated"
+    http_status = 401
 
 
 def hash_key(key: str) -> str:
@@ -158,3 +159,38 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"the JWT was rejected: {exc}") from None
         return str(claims["sub"])
+
+
+# secrets anyone can read: placeholders, and the example/test values published in this repository
+KNOWN_EXAMPLE_SECRETS = frozenset({
+    "change-me", "changeme", "change_me", "secret", "your-256-bit-secret",
+    "test-secret-of-at-least-32-bytes-length!", "another-secret-of-at-least-32-bytes!!",
+})
+MIN_JWT_SECRET_BYTES = 32  # HS256 signs with SHA-256: a shorter key is weaker than the hash (RFC 7518 §3.2)
+
+
+def check_production_secrets(settings: Settings) -> None:
+    """Outside `local`, refuse demo API keys in the directory and a weak or known JWT secret."""
+    if settings.environment == "local":
+        return
+
+    problems = []
+    demo = [uid for uid, user in load_directory(settings.directory_file).users.items() if user.api_key]
+    if demo:
+        problems.append(
+            f"the directory {settings.directory_file} holds demo API keys "
+            f"(users: {', '.join(demo)}); remove them and issue keys with `policyrag keys create`"
+        )
+    if settings.jwt_hs256_secret is not None:
+        secret = settings.jwt_hs256_secret.get_secret_value()
+        size = len(secret.encode("utf-8"))
+        known = secret.strip().lower() in KNOWN_EXAMPLE_SECRETS
+        if known or size < MIN_JWT_SECRET_BYTES:
+            why = "is a published example value" if known else f"is only {size} bytes"
+            problems.append(
+                f"POLICYRAG_JWT_HS256_SECRET (jwt_hs256_secret) {why}; set it to a random secret of at least "
+                f"{MIN_JWT_SECRET_BYTES} bytes, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`, "
+                "or unset it to accept only API keys and RS256 tokens"
+            )
+    if problems:
+        raise ConfigError(f"environment is {settings.environment!r}; refusing to start: " + "; ".join(problems))

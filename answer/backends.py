@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from answer.contract import answer_json_schema
-from ingest.errors import PolicyRagError
+from core.contract import answer_json_schema
+from core.errors import PolicyRagError
 
 TokenCallback = Callable[[str], None]
 
@@ -32,12 +32,14 @@ class BackendUnavailable(PolicyRagError):
     """The model server is down, starting, or did not answer in time (HTTP 503)."""
 
     code = "backend_unavailable"
+    http_status = 503
 
 
 class AdapterUnavailable(PolicyRagError):
     """The promoted adapter cannot be loaded (corrupted files, refused by the server)."""
 
     code = "adapter_unavailable"
+    http_status = 503
 
 
 class _ModelGone(BackendUnavailable):

@@ -1,5 +1,5 @@
 """`policyrag serve`, `policyrag ask`, `policyrag audit`, `policyrag keys ...` (registered on the
-root app in ingest/cli.py)."""
+root app in policyrag/cli.py)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ingest.errors import ConfigError, PolicyRagError
-from ingest.settings import get_settings
-from ingest.terminal import console, err_console
-from ingest.terminal import fail as _fail
+from core.errors import ConfigError
+from core.settings import get_settings, settings_for_backend
+from core.terminal import console, err_console
 
 keys_app = typer.Typer(help="API keys (stored hashed).", no_args_is_help=True)
-
-
-def settings_for_backend(backend: str | None):
-    """The settings, with `--backend` (vllm or local) applied when given."""
-    settings = get_settings()
-    if backend is None:
-        return settings
-    if backend not in ("vllm", "local"):
-        _fail(ConfigError(f"--backend must be vllm or local, got {backend!r}"))
-    return settings.model_copy(update={"answer_backend": backend})
 
 
 def serve(
@@ -34,40 +23,18 @@ def serve(
     backend: Annotated[str | None, typer.Option(help="vllm or local (default: POLICYRAG_ANSWER_BACKEND)")] = None,
 ) -> None:
     """The answer service (and, unless POLICYRAG_VLLM_URL is set, the vLLM server it supervises)."""
-    from answer.service import build_service, run_service
+    from answer.app import build_service, run_service
 
     settings = settings_for_backend(backend)
     host = host or settings.service_host
     port = port or settings.service_port
-    try:
-        with err_console.status("starting the answer service") as status:
-            service = build_service(settings, on_stage=status.update)
-    except PolicyRagError as exc:
-        _fail(exc)
+    with err_console.status("starting the answer service") as status:
+        service = build_service(settings, on_stage=status.update)
     try:
         err_console.print(f"[green]serving[/] http://{host}:{port}/  (chat page; API docs at /docs)")
         run_service(service, host, port)
     finally:
         service.close()
-
-
-def up_command(
-    host: Annotated[str | None, typer.Option(help="default: POLICYRAG_SERVICE_HOST")] = None,
-    port: Annotated[int | None, typer.Option(help="default: POLICYRAG_SERVICE_PORT")] = None,
-    backend: Annotated[str | None, typer.Option(help="vllm or local (default: POLICYRAG_ANSWER_BACKEND)")] = None,
-) -> None:
-    """Everything from a checkout to a served assistant: models, ingest, adapter (trained, evaluated and
-    promoted through the gate if none is), vLLM and the answer service. Ctrl-C stops it all."""
-    from answer.up import up
-
-    settings = settings_for_backend(backend)
-    try:
-        up(settings, host=host or settings.service_host, port=port or settings.service_port)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: everything started was stopped; what finished is kept")
-        raise typer.Exit(130) from None
-    except PolicyRagError as exc:
-        _fail(exc)
 
 
 def ask(
@@ -77,19 +44,17 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Answer one question as USER through the same pipeline as the service."""
-    from answer.service import build_service, message_text
+    from answer.app import build_service
+    from answer.openai_format import message_text
 
     settings = settings_for_backend(backend)
+    with err_console.status("loading") as status:
+        service = build_service(settings, on_stage=status.update)
     try:
-        with err_console.status("loading") as status:
-            service = build_service(settings, on_stage=status.update)
-        try:
-            principal = service.pipeline.retriever.principal(user)
-            result = service.pipeline.answer(principal, question, endpoint="cli")
-        finally:
-            service.close()
-    except PolicyRagError as exc:
-        _fail(exc)
+        principal = service.pipeline.retriever.principal(user)
+        result = service.pipeline.answer(principal, question, endpoint="cli")
+    finally:
+        service.close()
     if as_json:
         console.print_json(json.dumps(result.to_json()))
         return
@@ -122,13 +87,10 @@ def audit(
     from answer.audit import AuditLog
 
     settings = get_settings()
-    try:
-        start, end = _parse_date(since, "since"), _parse_date(until, "until")
-        if until is not None and len(until) == 10:
-            end = end + dt.timedelta(days=1)  # --until 2026-11-28 includes that whole day
-        records = list(AuditLog(settings.audit_dir).read(user=user, since=start, until=end))[-limit:]
-    except PolicyRagError as exc:
-        _fail(exc)
+    start, end = _parse_date(since, "since"), _parse_date(until, "until")
+    if until is not None and len(until) == 10:
+        end = end + dt.timedelta(days=1)  # --until 2026-11-28 includes that whole day
+    records = list(AuditLog(settings.audit_dir).read(user=user, since=start, until=end))[-limit:]
     if as_json:
         for record in records:
             typer.echo(json.dumps(record, ensure_ascii=False))
@@ -137,7 +99,7 @@ def audit(
     for column in ("at", "user", "endpoint", "question", "status", "cited", "adapter", "ms"):
         table.add_column(column)
     for r in records:
-        if "answer" not in r:  # an operator action (adapters promote)
+        if r["kind"] == "operator":  # an operator action (adapters promote)
             table.add_row(r["at"][:19], r.get("user", ""), r["endpoint"],
                           f"{r.get('action')} {r.get('version')}" + (" (forced)" if r.get("forced") else ""),
                           "", "", str(r.get("version")), "")
@@ -159,11 +121,8 @@ def keys_create(
     from retrieval.directory import load_directory
 
     settings = get_settings()
-    try:
-        resolve_principal(load_directory(settings.directory_file), user)
-        key = ApiKeyStore(settings.api_keys_path).create(user, label)
-    except PolicyRagError as exc:
-        _fail(exc)
+    resolve_principal(load_directory(settings.directory_file), user)
+    key = ApiKeyStore(settings.api_keys_path).create(user, label)
     err_console.print(f"API key for {user} (shown once; store it now):")
     typer.echo(key)
 
@@ -173,10 +132,7 @@ def keys_revoke(user: Annotated[str, typer.Option(help="directory user id")]) ->
     """Revoke every API key of USER."""
     from answer.auth import ApiKeyStore
 
-    try:
-        n = ApiKeyStore(get_settings().api_keys_path).revoke(user)
-    except PolicyRagError as exc:
-        _fail(exc)
+    n = ApiKeyStore(get_settings().api_keys_path).revoke(user)
     console.print(f"revoked {n} key(s) of {user}")
 
 

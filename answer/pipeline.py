@@ -10,7 +10,6 @@ Nothing the model writes reaches a caller unverified: the result's answer is the
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import re
 import threading
@@ -21,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from answer.audit import AuditLog
+from answer.audit import AuditLog, AuditRecord
 from answer.backends import AdapterRef, AdapterUnavailable, Backend, Generation
-from answer.contract import AnswerFormatError, Answered, Escalated, Refused, parse_answer, refusal, render_answer
-from answer.prompt import build_messages, prompt_fingerprint
-from answer.verify import repair_answer
-from ingest.settings import Settings
+from core.contract import AnswerFormatError, Answered, Escalated, Refused, parse_answer, refusal, render_answer
+from core.prompt import build_messages, prompt_fingerprint
+from core.verify import repair_answer
+from core.settings import Settings
 from retrieval.acl import Principal
 from retrieval.retriever import Passage, Retriever
 from tuning.registry import AdapterRegistry, RegistryError
@@ -135,8 +134,7 @@ class AnswerPipeline:
         self.retriever = retriever
         self.backend = backend
         self.registry = registry or AdapterRegistry(settings.adapters_dir)
-        self.audit = audit or AuditLog(settings.audit_dir, max_bytes=settings.audit_max_bytes,
-                                       backups=settings.audit_backups)
+        self.audit = audit or AuditLog.from_settings(settings)
         self.base_model = base_model or {}
         self._verified: dict[str, AdapterRef] = {}
         self._retrieval_lock = threading.Lock()
@@ -192,9 +190,9 @@ class AnswerPipeline:
     def answer(self, principal: Principal, question: str, *, history: Sequence[str] = (),
                conversation_id: str | None = None, endpoint: str = "ask",
                on_event: EventCallback | None = None, adapter_version: str = "promoted",
-               constrained: bool = True) -> AnswerResult:
+               constrained: bool = True, request_id: str | None = None) -> AnswerResult:
         emit = on_event or (lambda kind, data: None)
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex  # the service passes its request log's id
         started = time.perf_counter()
         question = " ".join(question.split())
         query = rewrite_follow_up(question, history)
@@ -280,34 +278,34 @@ class AnswerPipeline:
             ))
         return out
 
-    def _audit_record(self, result: AnswerResult, endpoint: str) -> dict[str, Any]:
-        return {
-            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-            "request_id": result.request_id,
-            "endpoint": endpoint,
-            "user": result.user,
-            "conversation_id": result.conversation_id,
-            "question": result.question,
-            "query": result.query,
+    def _audit_record(self, result: AnswerResult, endpoint: str) -> AuditRecord:
+        return AuditRecord(
+            kind="answer",
+            request_id=result.request_id,
+            endpoint=endpoint,
+            user=result.user,
+            conversation_id=result.conversation_id,
+            question=result.question,
+            query=result.query,
             # ids, versions and scores of what was retrieved *for this user*: never passage text
-            "passages": [{"id": p.citation_id, "doc_id": p.doc_id, "version": p.version,
-                          "score": round(p.score, 6), "relevance": round(p.relevance or 0.0, 6)}
-                         for p in result.passages],
-            "answer": render_answer(result.answer),
-            "status": result.answer.status,
-            "reason": result.answer.reason,
-            "repairs": result.repairs,
-            "versions": result.versions,
-            "latency_ms": result.latency_ms,
-            "usage": result.usage,
-        }
+            passages=[{"id": p.citation_id, "doc_id": p.doc_id, "version": p.version,
+                       "score": round(p.score, 6), "relevance": round(p.relevance or 0.0, 6)}
+                      for p in result.passages],
+            answer=render_answer(result.answer),
+            status=result.answer.status,
+            reason=result.answer.reason,
+            repairs=result.repairs,
+            versions=result.versions,
+            latency_ms=result.latency_ms,
+            usage=result.usage,
+        )
 
 
 def serving_base_model(settings: Settings) -> tuple[Path, dict[str, Any]]:
     """The base model folder to serve and its identity (matched against adapter manifests)."""
     if settings.base_model_path is not None:
         return settings.base_model_path, {"name": settings.base_model_path.name}
-    from ingest.provision import provision_base_model
+    from core.provision import provision_base_model
 
     info = provision_base_model(settings)
     return Path(info.path), {"name": info.name, "source_sha256": info.source_sha256}

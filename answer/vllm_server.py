@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from answer.backends import BackendUnavailable
-from ingest.settings import Settings
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from statistics import median
 
 import httpx
 
-from ingest.errors import PolicyRagError
-from ingest.settings import Settings
+from core.errors import PolicyRagError
+from core.settings import Settings
 
 QUESTIONS = [
     ("alice", "How many days of annual leave can I carry over?"),
@@ -42,6 +42,7 @@ QUESTIONS = [
 
 class BenchError(PolicyRagError):
     code = "bench_failed"
+    http_status = 500  # a benchmark is never an HTTP answer; a failure of ours
 
 
 def _free_port() -> int:

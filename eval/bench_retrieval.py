@@ -27,8 +27,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from ingest.embed import DENSE_DIM, SparseEncoder
-from ingest.settings import Settings
+from retrieval.embed import DENSE_DIM, SparseEncoder
+from core.settings import Settings
 from retrieval.acl import Principal, build_acl_filter
 from retrieval.store import StoredPoint, StoreQuery
 from retrieval.store_edge import EdgeStore

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from eval.external import evidence_texts
 from ingest.pipeline import Ingestor
-from ingest.settings import PROJECT_ROOT, Settings
+from core.settings import PROJECT_ROOT, Settings
 from retrieval.acl import Principal, SearchFilters
 from retrieval.directory import Directory
 from retrieval.retriever import Retriever

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from ingest.settings import get_settings
+from core.settings import get_settings
 
 
 def _examples(dataset: Path, n: int, tokenizer):

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from eval.gold import file_hash
-from ingest.settings import PROJECT_ROOT, Settings
+from core.settings import PROJECT_ROOT, Settings
 
 ALERT_RULES = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
 GOLD_README = "README.md"  # beside the gold set: it states the locked hash
@@ -53,7 +53,7 @@ def metric_names_in(expr: str) -> set[str]:
 
 def exported_series() -> set[str]:
     """Series names the answer service's registry exposes, with prometheus_client's suffixes."""
-    from answer.service import Metrics
+    from answer.metrics import Metrics
 
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
                 "summary": ("", "_count", "_sum", "_created")}

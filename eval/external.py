@@ -26,8 +26,8 @@ from typing import Any
 from answer.pipeline import AnswerPipeline
 from eval.gold import EvalSet, GoldItem
 from eval.runner import run_eval
-from ingest.errors import ConfigError
-from ingest.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 
 READER = "external-reader"
 

@@ -1,14 +1,15 @@
 """The promotion gate: `policyrag adapters promote V` refuses unless V's eval on the current
-locked eval set exists and meets the thresholds in settings. Used as the registry's `gate`."""
+locked eval set exists and meets the thresholds in settings. `gated_promote` hands it to the
+registry as its `gate` and records the promotion."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from core.settings import Settings
 from eval.gold import file_hash
 from eval.metrics import COMPARED
 from eval.runner import latest_complete_run
-from ingest.settings import Settings
 
 
 def gate_failures(settings: Settings, version: str, promoted: str | None) -> list[str]:
@@ -57,3 +58,27 @@ def summary_failures(settings: Settings, s: dict[str, Any], current: dict[str, A
             if new is not None and old is not None and new < old - settings.gate_max_regression:
                 failures.append(f"{metric} {new} is worse than promoted {promoted}'s {old} by more than {settings.gate_max_regression}")
     return failures
+
+
+def gated_promote(settings: Settings, version: str, *, force: bool = False, reason: str | None = None):
+    """Promote through the eval gate; the promotion (forced or not) goes to the registry's event
+    log and to the audit log. Returns the promoted record and the gate failures a force overrode."""
+    import getpass
+
+    from answer.audit import AuditLog, operator_record
+    from tuning.registry import AdapterRegistry
+
+    registry = AdapterRegistry(settings.adapters_dir)
+    current = registry.promoted_version()
+    seen: list[str] = []
+
+    def gate(record) -> list[str]:
+        seen[:] = gate_failures(settings, record.version, current)
+        return seen
+
+    record = registry.promote(version, force=force, reason=reason, gate=gate)
+    AuditLog.from_settings(settings).append(operator_record(
+        endpoint="adapters promote", user=getpass.getuser(), action="promote", version=version,
+        previous=current, forced=bool(force and seen), gate_failures=seen, reason=reason,
+    ))
+    return record, seen

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ingest.errors import ConfigError
+from core.errors import ConfigError
 
 Category = Literal["answerable", "not_in_policy", "no_source", "out_of_scope", "restricted",
                    "personal_case", "version_sensitive", "multi_turn"]

@@ -24,7 +24,7 @@ from typing import Any
 
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")  # nothing leaves the machine
 
-from ingest.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 NON_LLM = ("rouge_l", "string_similarity", "context_precision", "context_recall")
 JUDGED = ("faithfulness", "response_relevancy", "llm_context_precision", "llm_context_recall")

@@ -16,8 +16,8 @@ from eval.gate import run_failures
 from eval.metrics import STATUSES, percentile
 from eval.review import review_status
 from eval.runner import load_run, runs_dir
-from ingest.errors import ConfigError
-from ingest.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 
 METRICS = [
     ("schema_validity", "Schema validity (constrained)", "pct"),

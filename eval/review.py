@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.runner import load_run, runs_dir
-from ingest.errors import ConfigError
-from ingest.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 
 VERDICTS = ("ok", "wrong", "unsure")
 COLUMNS = ("run_id", "item_id", "category", "flags", "user", "question", "expected", "got", "citations",

@@ -20,14 +20,14 @@ from typing import Any
 
 from answer.audit import AuditLog
 from answer.backends import BackendUnavailable
-from answer.contract import render_answer
+from core.contract import render_answer
 from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_turns
 from eval.gold import EvalSet, GoldItem, load_gold_set
 from eval.metrics import COMPARED, aggregate, citation_scores, exact_match, leaked, matches, retrieval_scores, token_f1
 from eval.ragas_scores import JudgeScorer, add_ragas, judge_info
 from eval.ragas_scores import summary as ragas_summary
-from ingest.errors import ConfigError
-from ingest.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 
 
 def runs_dir(settings: Settings) -> Path:

@@ -6,13 +6,12 @@ import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Region = Literal["global", "UK", "US", "DE"]
-REGIONS: tuple[str, ...] = ("global", "UK", "US", "DE")
+from retrieval.directory import Region
+
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 

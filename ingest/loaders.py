@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from ingest.documents import DocumentMeta, LoadedDocument
-from ingest.errors import DocumentRejected
+from core.errors import DocumentRejected
 
 FORMATS = {
     ".md": "md",

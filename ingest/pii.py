@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from ingest.documents import PiiReport
-from ingest.errors import ModelMissingError
+from core.errors import ModelMissingError
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ingest.chunking import chunk_document
 from ingest.documents import Chunk, LoadedDocument, PiiReport
-from ingest.embed import DenseEmbedder, SparseEncoder
-from ingest.errors import ConfigError, DiskFull, DocumentRejected
+from retrieval.embed import DenseEmbedder, SparseEncoder
+from core.errors import ConfigError, DiskFull, DocumentRejected
 from ingest.loaders import load_document
 from ingest.manifest import JournalEntry, Manifest, ManifestRow
 from ingest.pii import PiiScrubber
@@ -32,9 +32,10 @@ from ingest.plan import (
     plan_ingest,
     superseded_row,
 )
-from ingest.settings import Settings
+from core.settings import Settings
 from retrieval.directory import load_directory
-from retrieval.store import Store, StoredPoint, open_store
+from retrieval.store import Store, StoredPoint
+from retrieval.store_factory import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class Ingestor:
         embedder: DenseEmbedder | None = None,
         scrubber: PiiScrubber | None = None,
     ) -> None:
-        from ingest.provision import embedding_model_path
+        from core.provision import embedding_model_path
 
         self.settings = settings
         if store is None and not settings.store_url:
@@ -184,14 +185,15 @@ class Ingestor:
                     default_groups=defaults,
                     known_groups=known_groups,
                 )
-            except DocumentRejected as exc:
-                report.rejected.append(exc)
-                return None
             finally:
                 report.timed("load", t0)
 
         # 1-3. compare the folder with the manifest (ingest/plan.py)
-        plan = plan_ingest(root, self.manifest, load, report, today)
+        plan = plan_ingest(root, self.manifest, load, today)
+        report.rejected += plan.rejected
+        report.skipped = plan.skipped
+        report.unchanged += plan.unchanged
+        report.superseded += plan.superseded
         report.superseded += self._record_superseded(plan)
         work = plan.work
 

@@ -1,6 +1,9 @@
 """Planning an ingest run: compare the folder with the manifest and decide, per document id,
 what must change in the store. Nothing is written here.
 
+The plan returns what it found (rejections, skipped files, unchanged and superseded versions);
+the pipeline copies them into its run summary.
+
 Unchanged files are recognised by their hash without parsing. For each document id the current
 version is the highest version already in effect (effective_date <= today), or the highest
 version if none is in effect yet.
@@ -12,15 +15,11 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from core.errors import DocumentRejected
 from ingest.documents import LoadedDocument
-from ingest.errors import DocumentRejected
 from ingest.loaders import discover_files, fingerprint
 from ingest.manifest import Manifest, ManifestRow
-
-if TYPE_CHECKING:
-    from ingest.pipeline import IngestReport
 
 Entry = ManifestRow | LoadedDocument
 
@@ -44,21 +43,32 @@ class IngestPlan:
     frozen: set[str] = field(default_factory=set)  # document ids left exactly as indexed
     current_rows: dict[str, ManifestRow] = field(default_factory=dict)
     renamed: list[ManifestRow] = field(default_factory=list)
+    # what the run's summary shows
+    rejected: list[DocumentRejected] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
 
 
 def plan_ingest(
     root: Path,
     manifest: Manifest,
     load: Callable[[Path], LoadedDocument | None],
-    report: IngestReport,
     today: dt.date,
 ) -> IngestPlan:
+    """`load` parses one file; a `DocumentRejected` it raises is recorded in the plan."""
     plan = IngestPlan()
-    rejected_before = len(report.rejected)
+
+    def try_load(path: Path) -> LoadedDocument | None:
+        try:
+            return load(path)
+        except DocumentRejected as exc:
+            plan.rejected.append(exc)
+            return None
 
     # 1. what is on disk: unchanged files are recognised by hash without parsing
     candidates, skipped = discover_files(root)
-    report.skipped = [p.relative_to(root).as_posix() for p in skipped]
+    plan.skipped = [p.relative_to(root).as_posix() for p in skipped]
     by_path = manifest.by_path()
     paths_of: dict[tuple[str, str], list[str]] = {}
     for path in candidates:
@@ -66,10 +76,10 @@ def plan_ingest(
         try:
             digest = fingerprint(path)
         except OSError as exc:
-            report.rejected.append(DocumentRejected(rel, "unreadable", f"cannot read: {exc}"))
+            plan.rejected.append(DocumentRejected(rel, "unreadable", f"cannot read: {exc}"))
             continue
         known = next((r for r in by_path.get(rel, []) if r.content_hash == digest), None)
-        entry: Entry | None = known or load(path)
+        entry: Entry | None = known or try_load(path)
         if entry is None:
             continue
         key = entry_key(entry)
@@ -81,7 +91,7 @@ def plan_ingest(
         if len(paths) > 1:
             for rel in paths:
                 others = ", ".join(p for p in paths if p != rel)
-                report.rejected.append(
+                plan.rejected.append(
                     DocumentRejected(
                         rel,
                         "duplicate",
@@ -91,7 +101,7 @@ def plan_ingest(
                 )
             plan.present.pop(key, None)
             plan.frozen.add(key[0])
-    rejected_paths = {r.path for r in report.rejected[rejected_before:]}
+    rejected_paths = {r.path for r in plan.rejected}
     plan.current_rows = manifest.current()
     for row in manifest.rows():
         if row.path in rejected_paths:
@@ -111,12 +121,12 @@ def plan_ingest(
             entry_key(winner)[1],
             winner.content_hash,
         ):
-            report.unchanged.append(f"{doc_id}@v{old.version}")
+            plan.unchanged.append(f"{doc_id}@v{old.version}")
             if winner.path != old.path:  # moved or renamed, same content
                 plan.renamed.append(replace(old, path=winner.path))
             continue
         if isinstance(winner, ManifestRow):  # a known superseded version becomes current
-            loaded = load(root / winner.path)
+            loaded = try_load(root / winner.path)
             if loaded is None:
                 continue
             winner = loaded
@@ -126,7 +136,7 @@ def plan_ingest(
             event = "updated"
         elif winner.meta.parsed_version > old.meta.parsed_version:
             event = "added"
-            report.superseded.append(f"{doc_id}@v{old.version}")
+            plan.superseded.append(f"{doc_id}@v{old.version}")
         else:
             event = "reinstated"  # the newer version's file was removed
         old_kept = old is not None and (doc_id, old.version) in plan.present

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingest.errors import PolicyRagError
+from core.errors import PolicyRagError
 from retrieval.directory import Directory
 
 
 class AccessError(PolicyRagError):
     code = "access_denied"
+    http_status = 403
 
 
 class UnknownUser(AccessError):

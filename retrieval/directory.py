@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ingest.documents import Region
-from ingest.errors import ConfigError
+from core.errors import ConfigError
+
+# the regions a document or a user belongs to; access by region is decided in retrieval/acl.py
+Region = Literal["global", "UK", "US", "DE"]
+REGIONS: tuple[str, ...] = ("global", "UK", "US", "DE")
 
 
 class DirectoryUser(BaseModel):

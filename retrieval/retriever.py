@@ -13,12 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ingest.embed import DenseEmbedder, SparseEncoder
-from ingest.errors import ConfigError
-from ingest.settings import Settings
+from retrieval.embed import DenseEmbedder, SparseEncoder
+from core.errors import ConfigError
+from core.settings import Settings
 from retrieval.acl import Principal, SearchFilters, build_acl_filter, resolve_principal
 from retrieval.directory import Directory, load_directory
-from retrieval.store import ScoredChunk, Store, StoreQuery, open_store
+from retrieval.store import ScoredChunk, Store, StoreQuery
+from retrieval.store_factory import open_store
 
 SearchMode = Literal["hybrid", "dense", "sparse"]
 
@@ -82,7 +83,7 @@ class Retriever:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: Store | None = None, embedder=None) -> Retriever:
-        from ingest.provision import embedding_model_path
+        from core.provision import embedding_model_path
 
         return cls(
             store or open_store(settings),

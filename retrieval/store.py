@@ -1,4 +1,5 @@
-"""The `Store` protocol over the vector store, and the factory that picks a backend.
+"""The `Store` protocol over the vector store and the values it takes and returns
+(`retrieval/store_factory.py` picks a backend).
 
 Two real backends keep the same behaviour: Qdrant Edge in-process (`store_edge.py`, the embedded
 default, persisted under the data directory) and a Qdrant server or cluster through qdrant-client
@@ -12,13 +13,14 @@ by the store). Payload keys are listed in `PAYLOAD_FIELDS`; the keyword fields i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from ingest.embed import DENSE_DIM, SparseVector
-from ingest.settings import Settings
+from core.errors import PolicyRagError, StoreError
 from retrieval.acl import StoreFilter
+from retrieval.embed import DENSE_DIM, SparseVector
 
 DENSE = "dense"
 SPARSE = "sparse"
@@ -105,19 +107,27 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(settings: Settings) -> Store:
-    if settings.store_url:
-        from retrieval.store_server import ServerStore
+F = TypeVar("F", bound=Callable[..., Any])
 
-        return ServerStore(
-            settings.store_url, settings.collection, api_key=settings.store_api_key,
-            shard_number=settings.store_shard_number,
-            replication_factor=settings.store_replication_factor,
-            write_consistency_factor=settings.store_write_consistency_factor,
-        )
-    from retrieval.store_edge import EdgeStore
 
-    return EdgeStore(settings.index_dir / settings.collection)
+def store_boundary(method: F) -> F:
+    """Translate a backend's own failure (the Qdrant Edge binding's or qdrant-client's: a closed
+    shard, a refused connection) into `StoreError` (the service answers 503 `store_error` with
+    Retry-After) instead of letting it reach a caller as a 500. Used on the calls a request makes."""
+
+    @functools.wraps(method)
+    def translated(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except PolicyRagError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"the vector store failed ({type(exc).__name__}: {exc}); check that the index is reachable "
+                "(POLICYRAG_STORE_URL, or the index under POLICYRAG_DATA_DIR) and retry"
+            ) from exc
+
+    return translated  # type: ignore[return-value]
 
 
 __all__ = [
@@ -128,5 +138,5 @@ __all__ = [
     "Store",
     "StoreQuery",
     "StoredPoint",
-    "open_store",
+    "store_boundary",
 ]

@@ -29,7 +29,7 @@ from qdrant_edge import (
 )
 from qdrant_edge import SparseVector as EdgeSparse
 
-from ingest.errors import StoreError
+from core.errors import StoreError
 from retrieval.acl import StoreFilter
 from retrieval.store import (
     DENSE,
@@ -39,6 +39,7 @@ from retrieval.store import (
     ScoredChunk,
     StoredPoint,
     StoreQuery,
+    store_boundary,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class EdgeStore:
             if offset is None:
                 return
 
+    @store_boundary
     def query(self, request: StoreQuery) -> list[ScoredChunk]:
         acl = to_edge_filter(request.filter)
         params = SearchParams(exact=request.exact, hnsw_ef=request.hnsw_ef)
@@ -150,6 +152,7 @@ class EdgeStore:
             for p in self.shard.query(query)
         ]
 
+    @store_boundary
     def count(self) -> int:
         return self.shard.info().points_count
 

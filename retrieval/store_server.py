@@ -9,7 +9,7 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from ingest.errors import StoreError
+from core.errors import StoreError
 from retrieval.acl import StoreFilter
 from retrieval.store import (
     DENSE,
@@ -19,6 +19,7 @@ from retrieval.store import (
     ScoredChunk,
     StoredPoint,
     StoreQuery,
+    store_boundary,
 )
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class ServerStore:
             if offset is None:
                 return
 
+    @store_boundary
     def query(self, request: StoreQuery) -> list[ScoredChunk]:
         acl = to_qdrant_filter(request.filter)
         params = models.SearchParams(exact=request.exact, hnsw_ef=request.hnsw_ef)
@@ -189,6 +191,7 @@ class ServerStore:
             for p in result.points
         ]
 
+    @store_boundary
     def count(self) -> int:
         return self.client.count(self.collection, exact=True).count
 

@@ -19,10 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ingest.embed import DenseEmbedder  # noqa: E402
+from retrieval.embed import DenseEmbedder  # noqa: E402
 from ingest.pii import PiiScrubber  # noqa: E402
-from ingest.provision import embedding_model_path  # noqa: E402
-from ingest.settings import PROJECT_ROOT, Settings  # noqa: E402
+from core.provision import embedding_model_path  # noqa: E402
+from core.settings import PROJECT_ROOT, Settings  # noqa: E402
 
 CORPUS = PROJECT_ROOT / "policies"
 
@@ -134,7 +134,7 @@ def corpus_data(tmp_path_factory, embedder, scrubber) -> Path:
 
 @pytest.fixture(scope="session")
 def base_model_dir(corpus_data) -> Path:
-    from ingest.provision import provision_base_model
+    from core.provision import provision_base_model
 
     return Path(provision_base_model(Settings(data_dir=corpus_data)).path)
 
@@ -176,7 +176,7 @@ def local_backend(base_model_dir):
 @pytest.fixture(scope="session")
 def service(answer_data, local_backend, embedder):
     """One answer service (local backend) for the session; its store stays open."""
-    from answer.service import build_service
+    from answer.app import build_service
 
     svc = build_service(Settings(data_dir=answer_data), backend=local_backend, embedder=embedder)
     yield svc
@@ -187,7 +187,7 @@ def service(answer_data, local_backend, embedder):
 def client(service):
     from fastapi.testclient import TestClient
 
-    from answer.service import create_app
+    from answer.app import create_app
 
     with TestClient(create_app(service)) as c:
         yield c
@@ -196,7 +196,7 @@ def client(service):
 @pytest.fixture(scope="session")
 def live_url(service):
     """The app served by a real uvicorn on loopback (for the OpenAI SDK and Chromium)."""
-    from answer.service import create_app
+    from answer.app import create_app
     from tests.answer.helpers import serving
 
     with serving(create_app(service)) as url:

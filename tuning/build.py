@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from ingest.settings import Settings
+from core.settings import Settings
 from retrieval.retriever import Retriever
 from tuning.dataset import DatasetReport, apply_rules, write_dataset
 from tuning.pairs import PairBuilder

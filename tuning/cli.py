@@ -1,4 +1,4 @@
-"""`policyrag tune ...` and `policyrag adapters ...` (registered on the root app in ingest/cli.py)."""
+"""`policyrag tune ...` and `policyrag adapters ...` (registered on the root app in policyrag/cli.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ingest.errors import PolicyRagError
-from ingest.settings import get_settings
-from ingest.terminal import console, err_console
-from ingest.terminal import fail as _fail
+from core.settings import get_settings
+from core.terminal import console, err_console
 
 tune_app = typer.Typer(help="Training data and adapter training.", no_args_is_help=True)
 adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
@@ -28,11 +26,8 @@ def build_data(
     from tuning.build import build_training_data
 
     settings = get_settings()
-    try:
-        with err_console.status("building training data") as status:
-            folder, report = build_training_data(settings, seeds_file=seeds, on_stage=status.update)
-    except PolicyRagError as exc:
-        _fail(exc)
+    with err_console.status("building training data") as status:
+        folder, report = build_training_data(settings, seeds_file=seeds, on_stage=status.update)
     data = {"dataset": str(folder), **report.to_json()}
     if as_json:
         console.print_json(json.dumps(data))
@@ -51,6 +46,7 @@ def build_data(
 
 @tune_app.command("train")
 def train(
+    ctx: typer.Context,
     dataset: Annotated[Path | None, typer.Option(help="dataset folder (default: the latest built)")] = None,
     qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 base (bitsandbytes)")] = False,
     max_steps: Annotated[int | None, typer.Option(min=1)] = None,
@@ -76,13 +72,12 @@ def train(
         )
         record = train_with_progress(settings, config, registry, transient=as_json)
         if promote:
-            gated_promote(settings, record.version, reason="tune train --promote")
+            # the promotion gate lives in eval/, a floor above tuning: the root app hands it down
+            ctx.find_root().obj.promote(settings, record.version, reason="tune train --promote")
     except KeyboardInterrupt:
         live = registry.promoted_version() or "none"
         err_console.print(f"interrupted: no adapter registered; the promoted adapter is unchanged ({live})")
         raise typer.Exit(130) from None
-    except PolicyRagError as exc:
-        _fail(exc)
     _print_record(record, as_json)
 
 
@@ -125,11 +120,8 @@ def compare(
     """Base model vs adapter VERSION on held-out pairs: schema validity and refusal accuracy."""
     from tuning.train import compare_registered
 
-    try:
-        with err_console.status(f"generating {items} answers with the base model and with {version}"):
-            result = compare_registered(get_settings(), version, items=items)
-    except PolicyRagError as exc:
-        _fail(exc)
+    with err_console.status(f"generating {items} answers with the base model and with {version}"):
+        result = compare_registered(get_settings(), version, items=items)
     if as_json:
         console.print_json(json.dumps(result))
         return
@@ -164,60 +156,8 @@ def adapters_show(version: str, as_json: Annotated[bool, typer.Option("--json")]
     """One adapter's manifest, after checking its files against their recorded hashes."""
     from tuning.registry import AdapterRegistry
 
-    try:
-        record = AdapterRegistry(get_settings().adapters_dir).load(version)
-    except PolicyRagError as exc:
-        _fail(exc)
+    record = AdapterRegistry(get_settings().adapters_dir).load(version)
     _print_record(record, as_json)
-
-
-@adapters_app.command("promote")
-def adapters_promote(
-    version: str,
-    force: Annotated[bool, typer.Option(help="override a failing gate (recorded)")] = False,
-    reason: Annotated[str | None, typer.Option(help="why; recorded with the promotion")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Make VERSION the live adapter, if its eval on the locked set passes the gate."""
-    from ingest.errors import ConfigError
-
-    if force and not reason:
-        _fail(ConfigError("--force needs --reason: say why the gate is overridden (it is recorded)"))
-    try:
-        record, failures = gated_promote(get_settings(), version, force=force, reason=reason)
-    except PolicyRagError as exc:
-        _fail(exc)
-    if failures:
-        err_console.print("[yellow]gate overridden (--force):[/] " + "; ".join(failures), soft_wrap=True)
-    _print_change("promoted", record.version, as_json)
-
-
-def gated_promote(settings, version: str, *, force: bool = False, reason: str | None = None):
-    """Promote through the eval gate; the promotion (forced or not) goes to the registry's event
-    log and to the audit log."""
-    import datetime as dt
-    import getpass
-
-    from answer.audit import AuditLog
-    from eval.gate import gate_failures
-    from tuning.registry import AdapterRegistry
-
-    registry = AdapterRegistry(settings.adapters_dir)
-    current = registry.promoted_version()
-    seen: list[str] = []
-
-    def gate(record) -> list[str]:
-        seen[:] = gate_failures(settings, record.version, current)
-        return seen
-
-    record = registry.promote(version, force=force, reason=reason, gate=gate)
-    AuditLog(settings.audit_dir, max_bytes=settings.audit_max_bytes, backups=settings.audit_backups).append({
-        "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-        "endpoint": "adapters promote", "user": getpass.getuser(), "action": "promote",
-        "version": version, "previous": current, "forced": bool(force and seen), "gate_failures": seen,
-        "reason": reason,
-    })
-    return record, seen
 
 
 @adapters_app.command("rollback")
@@ -225,46 +165,8 @@ def adapters_rollback(as_json: Annotated[bool, typer.Option("--json")] = False) 
     """Return to the previously promoted adapter."""
     from tuning.registry import AdapterRegistry
 
-    try:
-        record = AdapterRegistry(get_settings().adapters_dir).rollback()
-    except PolicyRagError as exc:
-        _fail(exc)
-    _print_change("rolled back to", record.version, as_json)
-
-
-@adapters_app.command("drill")
-def adapters_drill(
-    user: Annotated[str | None, typer.Option(help="who asks the drill question (default: the directory's first user)")] = None,
-    backend: Annotated[str | None, typer.Option(help="vllm or local (default: local: the drill needs no server)")] = "local",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Rollback drill: answer with the live adapter, roll back, answer, restore, answer (recorded)."""
-    from answer.cli import settings_for_backend
-    from answer.service import build_service
-    from tuning.drill import rollback_drill
-
-    try:
-        with err_console.status("starting the answer pipeline") as status:
-            service = build_service(settings_for_backend(backend), on_stage=status.update)
-        try:
-            outcome = rollback_drill(service, user=user)
-        finally:
-            service.close()
-    except PolicyRagError as exc:
-        _fail(exc)
-    if as_json:
-        console.print_json(json.dumps(outcome))
-    else:
-        table = Table(title=f"rollback drill: {outcome['version']} → {outcome['rolled_back_to']} → {outcome['version']}")
-        for column in ("step", "expected", "served", "status", "seconds", "ok"):
-            table.add_column(column)
-        for s in outcome["steps"]:
-            table.add_row(s["step"], s["expected"], str(s["served"]), s["status"], str(s["seconds"]), "✓" if s["ok"] else "✗")
-        console.print(table)
-        console.print(("[green]drill passed[/]" if outcome["ok"] else f"[red]drill failed[/] {outcome.get('problem', '')}")
-                      + " (recorded in the adapter registry)")
-    if not outcome["ok"]:
-        raise typer.Exit(1)
+    record = AdapterRegistry(get_settings().adapters_dir).rollback()
+    print_change("rolled back to", record.version, as_json)
 
 
 @adapters_app.command("export")
@@ -278,12 +180,9 @@ def adapters_export(
     from tuning.registry import AdapterRegistry
 
     settings = get_settings()
-    try:
-        record = AdapterRegistry(settings.adapters_dir).load(version)
-        with err_console.status(f"merging {version} into its base model"):
-            folder = export_merged(record, out or settings.adapters_dir / f"{version}-merged")
-    except PolicyRagError as exc:
-        _fail(exc)
+    record = AdapterRegistry(settings.adapters_dir).load(version)
+    with err_console.status(f"merging {version} into its base model"):
+        folder = export_merged(record, out or settings.adapters_dir / f"{version}-merged")
     if as_json:
         console.print_json(json.dumps({"version": version, "path": str(folder)}))
     else:
@@ -333,7 +232,7 @@ def _print_compare(compare: dict) -> None:
         console.print(table)
 
 
-def _print_change(verb: str, version: str, as_json: bool) -> None:
+def print_change(verb: str, version: str, as_json: bool) -> None:
     if as_json:
         console.print_json(json.dumps({"action": verb, "version": version}))
     else:

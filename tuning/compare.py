@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from answer.contract import AnswerFormatError, parse_answer
-from answer.verify import citation_problems
+from core.contract import AnswerFormatError, parse_answer
+from core.verify import citation_problems
 from tuning.examples import prompt_text
 from tuning.pairs import TrainingPair
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from ingest.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass

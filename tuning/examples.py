@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from answer.prompt import build_messages
+from core.prompt import build_messages
 from tuning.pairs import TrainingPair
 
 IGNORE = -100

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from answer.contract import Answered, Citation, Escalated, Refused, refusal, render_answer
+from core.contract import Answered, Citation, Escalated, Refused, refusal, render_answer
 from retrieval.acl import Principal, SearchFilters, build_acl_filter
 from retrieval.retriever import Passage, Retriever
 from tuning.seeds import Seed
@@ -45,7 +45,7 @@ _RULES = (
 
 
 class ContextPassage(BaseModel):
-    """A passage as the prompt shows it (fits `answer.prompt.PromptPassage`)."""
+    """A passage as the prompt shows it (fits `core.prompt.PromptPassage`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,7 +77,7 @@ class TrainingPair(BaseModel):
     user: str
     instruction: str
     context: tuple[ContextPassage, ...]
-    response: str  # the canonical JSON of the target answer (answer.contract.render_answer)
+    response: str  # the canonical JSON of the target answer (core.contract.render_answer)
     split: Literal["train", "heldout"] = "train"
 
     @property

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingest.errors import PolicyRagError
-from ingest.provision import sha256_file
+from core.errors import PolicyRagError
+from core.provision import sha256_file
 
 MANIFEST = "policyrag-adapter.json"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -42,6 +42,7 @@ _VERSION = re.compile(r"^v(\d+)$")
 
 class RegistryError(PolicyRagError):
     code = "registry"
+    http_status = 503  # the registry cannot give the adapter to serve
 
 
 class AdapterNotFound(RegistryError):
@@ -54,6 +55,7 @@ class AdapterCorrupted(RegistryError):
 
 class PromotionRefused(RegistryError):
     code = "promotion_refused"
+    http_status = 409
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ingest.errors import ConfigError, PolicyRagError
+from core.errors import ConfigError, PolicyRagError
 
 SeedKind = Literal["answered", "not_in_policy", "no_source", "out_of_scope", "escalate"]
 
@@ -21,6 +21,7 @@ class GoldOverlapError(PolicyRagError):
     """A seed question is a near-duplicate of a gold eval question: tuning on it would leak."""
 
     code = "gold_overlap"
+    http_status = 422
 
 
 class Seed(BaseModel):

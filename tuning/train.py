@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from answer.prompt import prompt_fingerprint
-from ingest.settings import Settings
+from core.prompt import prompt_fingerprint
+from core.settings import Settings
 from tuning.compare import generate_answers, pick_compare_items, score_outputs
 from tuning.config import TrainConfig
 from tuning.dataset import latest_dataset, load_dataset
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 def base_model_identity(settings: Settings) -> tuple[Path, dict]:
     """The base model folder and its identity (name, weights sha256, source sha256)."""
-    from ingest.provision import provision_base_model, sha256_file
+    from core.provision import provision_base_model, sha256_file
 
     if settings.base_model_path is not None:
         folder, name, source = settings.base_model_path, settings.base_model_path.name, None
@@ -43,7 +43,7 @@ def base_model_identity(settings: Settings) -> tuple[Path, dict]:
 
 
 def file_sha256(path: Path) -> str | None:
-    from ingest.provision import sha256_file
+    from core.provision import sha256_file
 
     return sha256_file(path) if path.exists() else None
 

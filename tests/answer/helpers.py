@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from ingest.settings import Settings
+from core.settings import Settings
 
 CARRY_OVER = "How many days of annual leave can I carry over?"
 CARRY_OVER_CITATION = "leave-uk@v3#c8"
@@ -39,7 +39,7 @@ def train_tiny_adapter(settings: Settings, embedder) -> str:
     """Train, register and promote a tiny adapter; returns its version."""
     from transformers import AutoTokenizer
 
-    from answer.contract import Answered, Citation, render_answer
+    from core.contract import Answered, Citation, render_answer
     from retrieval.retriever import Retriever
     from tuning.config import TrainConfig
     from tuning.examples import encode_pair
@@ -48,7 +48,7 @@ def train_tiny_adapter(settings: Settings, embedder) -> str:
     from tuning.train import base_model_identity
     from tuning.trainer import load_for_training, train_loop
     from peft import set_peft_model_state_dict
-    from answer.prompt import prompt_fingerprint
+    from core.prompt import prompt_fingerprint
 
     retriever = Retriever.from_settings(settings, embedder=embedder)
     try:

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from answer.audit import AuditLog
+from answer.audit import AuditLog, AuditRecord
 from answer.auth import ApiKeyStore, Authenticator, Unauthenticated, hash_key
 from answer.pipeline import rewrite_follow_up
-from ingest.errors import ConfigError
-from ingest.settings import PROJECT_ROOT, Settings
+from core.errors import ConfigError
+from core.settings import PROJECT_ROOT, Settings
 from retrieval.acl import UnknownUser
 from retrieval.directory import load_directory
 
@@ -59,7 +59,7 @@ def test_demo_keys_work_only_in_local(tmp_path):
 
 
 def test_the_service_refuses_to_start_outside_local_with_demo_keys(tmp_path):
-    from answer.service import check_production_secrets
+    from answer.auth import check_production_secrets
 
     with pytest.raises(ConfigError, match="demo API keys"):
         check_production_secrets(Settings(data_dir=tmp_path, environment="production"))
@@ -100,9 +100,13 @@ def test_missing_or_malformed_headers_say_what_to_send(auth):
 # -- audit log ----------------------------------------------------------------------------------
 
 
-def record(user: str, n: int, at: dt.datetime | None = None) -> dict:
+def record(user: str, n: int, at: dt.datetime | None = None) -> AuditRecord:
     at = at or dt.datetime.now(dt.timezone.utc)
-    return {"at": at.isoformat(), "user": user, "question": f"q{n}", "n": n}
+    return AuditRecord(kind="answer", endpoint="test", at=at.isoformat(), user=user, question=f"q{n}")
+
+
+def _n(read: dict) -> int:
+    return int(read["question"][1:])
 
 
 def test_the_audit_log_rotates_and_reads_back_every_record_in_order(tmp_path):
@@ -110,8 +114,8 @@ def test_the_audit_log_rotates_and_reads_back_every_record_in_order(tmp_path):
     for n in range(100):
         log.append(record("alice" if n % 2 else "bob", n))
     assert len(log.files()) > 3
-    assert [r["n"] for r in log.read()] == list(range(100))
-    assert [r["n"] for r in log.read(user="alice")] == list(range(1, 100, 2))
+    assert [_n(r) for r in log.read()] == list(range(100))
+    assert [_n(r) for r in log.read(user="alice")] == list(range(1, 100, 2))
     assert oct(log.path.stat().st_mode & 0o777) == "0o600"
 
 
@@ -121,7 +125,7 @@ def test_the_audit_log_filters_by_date(tmp_path):
     for n in range(5):
         log.append(record("alice", n, day + dt.timedelta(days=n)))
     got = log.read(since=day + dt.timedelta(days=1), until=day + dt.timedelta(days=3))
-    assert [r["n"] for r in got] == [1, 2]
+    assert [_n(r) for r in got] == [1, 2]
 
 
 def _write_many(folder: str, who: str) -> None:
@@ -142,7 +146,7 @@ def test_concurrent_writers_in_several_processes_lose_no_record(tmp_path):
     records = list(AuditLog(tmp_path, backups=1000).read())
     assert len(records) == 180
     for i in range(3):
-        assert [r["n"] for r in records if r["user"] == f"w{i}"] == list(range(60))
+        assert [_n(r) for r in records if r["user"] == f"w{i}"] == list(range(60))
     for path in AuditLog(tmp_path).files():
         for line in path.read_text().splitlines():
             json.loads(line)  # no interleaved or torn line

@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ingest.cli import app
-from ingest.settings import get_settings
+from policyrag.cli import app
+from core.settings import get_settings
 from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED, copy_data
 
 runner = CliRunner()

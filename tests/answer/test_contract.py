@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from answer.contract import (
+from core.contract import (
     Answered,
     AnswerFormatError,
     Citation,
@@ -14,8 +14,8 @@ from answer.contract import (
     refusal,
     render_answer,
 )
-from answer.prompt import PromptPassage, build_messages, render_passages
-from answer.verify import citation_problems, repair_answer
+from core.prompt import PromptPassage, build_messages, render_passages
+from core.verify import citation_problems, repair_answer
 
 CITE = {"id": "leave-uk@v3#c8", "quote": "up to 8 days"}
 

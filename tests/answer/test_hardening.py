@@ -30,9 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from answer.service import build_service, check_production_secrets, create_app
-from ingest.errors import ConfigError, StoreError
-from ingest.settings import Settings
+from answer.app import build_service, create_app
+from answer.auth import check_production_secrets
+from core.errors import ConfigError, StoreError
+from core.settings import Settings
 from retrieval.acl import build_acl_filter
 from tests.answer.helpers import CARRY_OVER, RESTRICTED, copy_data, free_port, serving, sse_events
 from tests.conftest import CORPUS, write_policy

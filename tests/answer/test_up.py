@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from answer.up import plan
-from ingest.settings import Settings
+from policyrag.up import plan
+from core.settings import Settings
 from tests.answer.helpers import CARRY_OVER, RESTRICTED, copy_data, free_port
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ingest.settings import Settings
+from core.settings import Settings
 from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, copy_data, free_port
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def server(vllm_settings, base_model_dir):
 
 @pytest.fixture(scope="module")
 def vllm_service(server, vllm_settings, embedder):
-    from answer.service import build_service
+    from answer.app import build_service
 
     svc = build_service(vllm_settings.model_copy(update={"vllm_url": server.url}), embedder=embedder)
     server.on_restart = svc.backend.forget_adapters
@@ -51,7 +51,7 @@ def vllm_service(server, vllm_settings, embedder):
 def vllm_client(vllm_service):
     from fastapi.testclient import TestClient
 
-    from answer.service import create_app
+    from answer.app import create_app
 
     with TestClient(create_app(vllm_service)) as c:
         yield c
@@ -68,7 +68,7 @@ def test_the_hr_endpoint_gives_a_cited_answer_from_the_adapter_on_vllm(vllm_clie
 
 def test_a_mixed_batch_of_base_and_adapter_requests_each_gets_its_own_model(vllm_service):
     """vLLM CPU applies an adapter to base requests batched beside it when --max-loras is too low."""
-    from answer.prompt import build_messages
+    from core.prompt import build_messages
 
     pipeline = vllm_service.pipeline
     backend = vllm_service.backend

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ingest.settings import PROJECT_ROOT, Settings
+from core.settings import PROJECT_ROOT, Settings
 from eval.checklist import exported_series, metric_names_in
 
 DEPLOY = PROJECT_ROOT / "deploy"

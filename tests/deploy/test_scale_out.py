@@ -15,9 +15,10 @@ import pytest
 from pydantic import ValidationError
 from qdrant_client import QdrantClient
 
-from ingest.embed import SparseVector
-from ingest.settings import Settings
-from retrieval.store import DENSE_DIM, StoredPoint, open_store
+from retrieval.embed import SparseVector
+from core.settings import Settings
+from retrieval.store import DENSE_DIM, StoredPoint
+from retrieval.store_factory import open_store
 
 LAYOUT = {"shard_number": 6, "replication_factor": 2, "write_consistency_factor": 1}
 

@@ -1,6 +1,6 @@
 """The tuning benchmark harness runs both trainers on the same examples and reports figures."""
 
-from ingest.settings import get_settings
+from core.settings import get_settings
 from tuning.dataset import DatasetReport, write_dataset
 from tests.tuning.test_trainer import pairs
 

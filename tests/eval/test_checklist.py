@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from eval.checklist import ALERT_RULES, run_checklist
-from ingest.errors import ConfigError
-from ingest.settings import Settings, get_settings
+from core.errors import ConfigError
+from core.settings import Settings, get_settings
 from tests.answer.helpers import CARRY_OVER, copy_data, register_copy
 
 
@@ -29,8 +29,8 @@ def write_dataset(folder: Path, instructions: list[str]) -> Path:
 @pytest.fixture(scope="module")
 def drilled(answer_data, local_backend, embedder, tmp_path_factory):
     """v1 (promoted by the fixture), then v2 promoted on top of it, then a drill of v2."""
-    from answer.service import build_service
-    from tuning.drill import rollback_drill
+    from answer.app import build_service
+    from eval.drill import rollback_drill
     from tuning.registry import AdapterRegistry
 
     root = tmp_path_factory.mktemp("checklist")
@@ -58,7 +58,7 @@ def test_a_rollback_drill_answers_with_each_adapter_in_turn_and_is_recorded(dril
 
 
 def test_a_drill_needs_somewhere_to_roll_back_to(answer_data, service):
-    from tuning.drill import rollback_drill
+    from eval.drill import rollback_drill
 
     # the session's service has only v1 ever promoted
     with pytest.raises(ConfigError, match="only adapter ever promoted"):
@@ -123,7 +123,7 @@ def test_a_changed_eval_set_a_stale_benchmark_and_incomplete_alerts_are_crosses(
 
 
 def test_the_checklist_command_exits_non_zero_on_any_cross(drilled, monkeypatch):
-    from ingest.cli import app
+    from policyrag.cli import app
 
     settings, _, version, _ = drilled
     monkeypatch.setenv("POLICYRAG_DATA_DIR", str(settings.data_dir))

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from eval.gold import load_gold_set
 from eval.metrics import aggregate, citation_scores, exact_match, retrieval_scores, token_f1
-from ingest.errors import ConfigError
-from ingest.settings import PROJECT_ROOT, Settings, get_settings
+from core.errors import ConfigError
+from core.settings import PROJECT_ROOT, Settings, get_settings
 from tests.answer.helpers import CARRY_OVER, CARRY_OVER_ANSWER, CARRY_OVER_QUOTE, RESTRICTED, copy_data, register_copy
 
 GOLD = PROJECT_ROOT / "policies" / "_eval" / "gold.jsonl"
@@ -223,7 +223,7 @@ def test_review_sheets_round_trip_into_the_report_and_the_gate(eval_run):
 
 
 def test_adapters_promote_goes_through_the_gate_and_force_is_recorded(answer_data, tmp_path, monkeypatch):
-    from ingest.cli import app
+    from policyrag.cli import app
 
     data = copy_data(answer_data, tmp_path / "data")
     monkeypatch.setenv("POLICYRAG_DATA_DIR", str(data))

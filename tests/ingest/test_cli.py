@@ -2,7 +2,7 @@ import json
 
 from typer.testing import CliRunner
 
-from ingest.cli import app
+from policyrag.cli import app
 from tests.conftest import write_policy
 
 runner = CliRunner()
@@ -10,7 +10,7 @@ runner = CliRunner()
 
 def test_ingest_reports_rejections_by_file_and_exits_nonzero(tmp_path, monkeypatch):
     monkeypatch.setenv("POLICYRAG_DATA_DIR", str(tmp_path / "data"))
-    from ingest.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     root = tmp_path / "docs"
@@ -34,7 +34,7 @@ def test_ingest_reports_rejections_by_file_and_exits_nonzero(tmp_path, monkeypat
 
 def test_ingest_of_a_missing_folder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("POLICYRAG_DATA_DIR", str(tmp_path / "data"))
-    from ingest.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     result = runner.invoke(app, ["ingest", str(tmp_path / "nope")])
@@ -47,7 +47,7 @@ def test_search_shows_what_a_user_would_get(tmp_path, monkeypatch):
     from tests.conftest import CORPUS
 
     monkeypatch.setenv("POLICYRAG_DATA_DIR", str(tmp_path / "data"))
-    from ingest.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     root = tmp_path / "docs"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ingest.pipeline import Ingestor
-from ingest.settings import Settings
+from core.settings import Settings
 from tests.conftest import write_policy
 
 pytestmark = pytest.mark.slow

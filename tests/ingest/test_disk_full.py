@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ingest.manifest import Manifest
-from ingest.settings import Settings
-from retrieval.store import open_store
+from core.settings import Settings
+from retrieval.store_factory import open_store
 from tests.conftest import write_policy
 
 

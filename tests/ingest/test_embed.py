@@ -1,6 +1,6 @@
 import math
 
-from ingest.embed import DenseEmbedder, SparseEncoder
+from retrieval.embed import DenseEmbedder, SparseEncoder
 
 
 def cosine(a, b):

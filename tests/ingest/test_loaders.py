@@ -2,7 +2,7 @@ import zipfile
 
 import pytest
 
-from ingest.errors import DocumentRejected
+from core.errors import DocumentRejected
 from ingest.loaders import discover_files, load_document
 from tests.conftest import CORPUS, write_policy
 

@@ -1,13 +1,13 @@
 import pytest
 
-from ingest.errors import ModelMissingError
-from ingest.provision import (
+from core.errors import ModelMissingError
+from core.provision import (
     base_model_gguf,
     embedding_model_path,
     provision_base_model,
     sha256_file,
 )
-from ingest.settings import Settings
+from core.settings import Settings
 
 
 def test_embedding_model_comes_from_the_installed_package():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.embed import SparseVector
+from retrieval.embed import SparseVector
 from retrieval.acl import (
     NoGroups,
     Principal,

@@ -3,7 +3,7 @@
 import pytest
 
 from ingest.pipeline import Ingestor
-from ingest.settings import Settings
+from core.settings import Settings
 from retrieval.acl import SearchFilters, UnknownUser
 from retrieval.directory import load_directory
 from retrieval.retriever import Retriever

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from answer.contract import Answered, Citation, refusal
-from ingest.errors import ConfigError
+from core.contract import Answered, Citation, refusal
+from core.errors import ConfigError
 from tuning.dataset import DatasetReport, apply_rules, load_dataset, write_dataset
 from tuning.pairs import Candidate, ContextPassage
 from tuning.seeds import Seed

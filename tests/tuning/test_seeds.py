@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ingest.errors import ConfigError
-from ingest.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 from tuning.seeds import GoldOverlapError, Seed, check_gold_overlap, load_gold_questions, load_seeds
 
 

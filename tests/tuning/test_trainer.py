@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from answer.contract import render_answer, refusal
+from core.contract import render_answer, refusal
 from tuning.config import TrainConfig
 from tuning.dataset import DatasetReport, write_dataset
 from tuning.examples import IGNORE, Example, batches, collate, encode_pair
@@ -154,7 +154,7 @@ def test_qlora_loads_the_base_in_4bit_and_trains(base_model_dir, tokenizer):
 
 
 def test_bad_training_options_name_the_field():
-    from ingest.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="TrainConfig.rank must be >= 1, got 0"):
         TrainConfig(rank=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ingest.errors import ConfigError
+from core.errors import ConfigError
 
 DRILL_QUESTION = "How many days of annual leave can I carry over into next year?"
 

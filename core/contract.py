@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from ingest.errors import PolicyRagError
+from core.errors import PolicyRagError
 
 CITATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*@v[A-Za-z0-9._-]+#c[0-9]+$"
 MAX_ANSWER_CHARS = 600
@@ -91,6 +91,7 @@ class AnswerFormatError(PolicyRagError):
     """Model output that is not a house-format answer (not JSON, or breaks the schema)."""
 
     code = "answer_format"
+    http_status = 502  # the model (upstream) produced an invalid answer
 
 
 def refusal(reason: RefusalReason) -> Refused:

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -208,3 +210,13 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_for_backend(backend: str | None) -> Settings:
+    """The settings, with a command's `--backend` (vllm or local) applied when given."""
+    settings = get_settings()
+    if backend is None:
+        return settings
+    if backend not in ("vllm", "local"):
+        raise ConfigError(f"--backend must be vllm or local, got {backend!r}")
+    return settings.model_copy(update={"answer_backend": backend})

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from answer.contract import Answered, Escalated, Refused, refusal
-from answer.prompt import PromptPassage
+from core.contract import Answered, Escalated, Refused, refusal
+from core.prompt import PromptPassage
 
 
 def citation_problems(answer: Answered | Refused | Escalated, passages: Sequence[PromptPassage]) -> list[str]:

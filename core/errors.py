@@ -7,7 +7,9 @@
     └── StoreError             the vector store failed or is locked by another process
 
 Every message says what was wrong, the offending value, and what to do. Later stages add their
-own subclasses of PolicyRagError next to their code.
+own subclasses of PolicyRagError next to their code. Each class carries its stable `code` and the
+HTTP status the answer service gives it (`http_status`); the root's 500 is for no error on
+purpose, and a test checks that every subclass chooses its own.
 """
 
 from __future__ import annotations
@@ -17,20 +19,24 @@ class PolicyRagError(Exception):
     """Root of every error policyrag raises on purpose."""
 
     code = "policyrag_error"
+    http_status = 500
 
 
 class ConfigError(PolicyRagError):
     code = "config_error"
+    http_status = 422  # a wrong setting or input; at request time, bad input
 
 
 class ModelMissingError(PolicyRagError):
     code = "model_missing"
+    http_status = 503
 
 
 class DocumentRejected(PolicyRagError):
     """One file cannot be ingested; `reason` is a short machine-readable tag."""
 
     code = "document_rejected"
+    http_status = 422
 
     def __init__(self, path: str, reason: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
@@ -41,6 +47,7 @@ class DocumentRejected(PolicyRagError):
 
 class StoreError(PolicyRagError):
     code = "store_error"
+    http_status = 503
 
 
 class DiskFull(StoreError):

@@ -19,8 +19,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ingest.errors import ModelMissingError
-from ingest.settings import Settings
+from core.errors import ModelMissingError
+from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

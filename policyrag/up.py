@@ -18,8 +18,8 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from ingest.settings import Settings
-from ingest.terminal import console, err_console
+from core.settings import Settings
+from core.terminal import console, err_console
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,12 @@ def demo_curl(settings: Settings, base_url: str) -> str:
 
 
 def up(settings: Settings, *, host: str, port: int) -> None:
-    from answer.service import build_service, run_service
-    from ingest.cli import _run_with_progress
+    from answer.app import build_service, run_service
+    from core.provision import embedding_model_path, provision_base_model
+    from eval.gate import gated_promote
+    from ingest.cli import ingest_with_progress
     from ingest.pipeline import Ingestor
-    from ingest.provision import embedding_model_path, provision_base_model
-    from tuning.cli import gated_promote, train_with_progress
+    from tuning.cli import train_with_progress
     from tuning.registry import AdapterRegistry, PromotionRefused
 
     started = time.perf_counter()
@@ -105,7 +106,7 @@ def up(settings: Settings, *, host: str, port: int) -> None:
     step(f"models: {base.name} ready")
 
     with Ingestor(settings) as ingestor:
-        report = _run_with_progress(ingestor, settings.corpus_dir, [], quiet=False)
+        report = ingest_with_progress(ingestor, settings.corpus_dir, [], quiet=False)
     step(f"ingest: {len(report.added)} added, {len(report.updated)} updated, {len(report.unchanged)} unchanged, "
          f"{len(report.deleted)} deleted, {len(report.rejected)} rejected (see `policyrag ingest` for details)")
 

@@ -1,0 +1,3 @@
+from policyrag.cli import main
+
+main()
