@@ -129,13 +129,13 @@ def run_service(service: Service, host: str, port: int) -> None:
 def build_service(settings: Settings, *, backend: Backend | None = None, embedder=None,
                   on_stage=lambda stage: None) -> Service:
     """Open the store, load the embedder, and start or connect to the model backend."""
-    from answer.pipeline import serving_base_model
+    from core.provision import base_model_identity
     from retrieval.retriever import Retriever
 
     check_production_secrets(settings)
     on_stage("opening the index")
     retriever = Retriever.from_settings(settings, embedder=embedder)
-    model_dir, identity = serving_base_model(settings)
+    model_dir, identity = base_model_identity(settings)
     supervisor = None
     if backend is None:
         if settings.answer_backend == "local":

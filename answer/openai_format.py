@@ -8,7 +8,6 @@ from typing import Any
 
 from answer.pipeline import AnswerResult
 
-
 REFUSAL_TEXT = {
     "no_authorized_source": "I can't answer that: none of the policies you have access to covers it.",
     "not_in_policy": "The policies you have access to cover this subject but do not state this point.",

@@ -17,18 +17,26 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from answer.audit import AuditLog, AuditRecord
 from answer.backends import AdapterRef, AdapterUnavailable, Backend, Generation
-from core.contract import AnswerFormatError, Answered, Escalated, Refused, parse_answer, refusal, render_answer
+from core.contract import (
+    Answered,
+    AnswerFormatError,
+    Escalated,
+    Refused,
+    parse_answer,
+    refusal,
+    render_answer,
+)
 from core.prompt import build_messages, prompt_fingerprint
-from core.verify import repair_answer
+from core.provision import BaseModelIdentity
 from core.settings import Settings
+from core.verify import repair_answer
 from retrieval.acl import Principal
 from retrieval.retriever import Passage, Retriever
-from tuning.registry import AdapterRegistry, RegistryError
+from tuning.registry import AdapterManifest, AdapterRegistry, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +137,13 @@ class AnswerResult:
 class AnswerPipeline:
     def __init__(self, settings: Settings, retriever: Retriever, backend: Backend,
                  registry: AdapterRegistry | None = None, audit: AuditLog | None = None,
-                 *, base_model: dict[str, Any] | None = None) -> None:
+                 *, base_model: BaseModelIdentity | None = None) -> None:
         self.settings = settings
         self.retriever = retriever
         self.backend = backend
         self.registry = registry or AdapterRegistry(settings.adapters_dir)
         self.audit = audit or AuditLog.from_settings(settings)
-        self.base_model = base_model or {}
+        self.base_model = base_model  # None: adapters are not checked against the served model (tests)
         self._verified: dict[str, AdapterRef] = {}
         self._retrieval_lock = threading.Lock()
         self.fingerprint = prompt_fingerprint()
@@ -165,18 +173,17 @@ class AnswerPipeline:
             ref = self._verified[version] = AdapterRef(version, record.path)
         return ref
 
-    def _check_compatible(self, version: str, manifest: dict[str, Any]) -> None:
-        trained_on = manifest.get("base_model", {})
-        ours = self.base_model
-        for key in ("source_sha256", "name"):
-            if ours.get(key) and trained_on.get(key) and ours[key] != trained_on[key]:
-                raise AdapterUnavailable(
-                    f"adapter {version} was trained on {trained_on.get('name')} ({key} {trained_on[key][:12]}…), "
-                    f"not on the served base model {ours.get('name')}; roll back or retrain it"
-                )
-        if manifest.get("prompt_fingerprint") not in (None, self.fingerprint):
+    def _check_compatible(self, version: str, manifest: AdapterManifest) -> None:
+        trained_on = manifest.base_model.model_dump() if manifest.base_model else {}
+        mismatch = self.base_model.mismatch(trained_on) if self.base_model is not None else None
+        if mismatch:
             raise AdapterUnavailable(
-                f"adapter {version} was trained with another prompt (fingerprint {manifest['prompt_fingerprint']}, "
+                f"adapter {version} was trained on {trained_on.get('name')}, not on the served base model "
+                f"{self.base_model.name} ({mismatch}); roll back or retrain it"
+            )
+        if manifest.prompt_fingerprint not in (None, self.fingerprint):
+            raise AdapterUnavailable(
+                f"adapter {version} was trained with another prompt (fingerprint {manifest.prompt_fingerprint}, "
                 f"now {self.fingerprint}); retrain it"
             )
 
@@ -244,8 +251,8 @@ class AnswerPipeline:
             versions={
                 "documents": {p.doc_id: p.version for p in passages},
                 "adapter": adapter.version if adapter else None,
-                "base_model": self.base_model.get("name"),
-                "base_model_sha256": self.base_model.get("source_sha256"),
+                "base_model": self.base_model.name if self.base_model else None,
+                "base_model_sha256": self.base_model.sha256 if self.base_model else None,
                 "prompt": self.fingerprint,
                 "backend": self.backend.name,
             },
@@ -299,13 +306,3 @@ class AnswerPipeline:
             latency_ms=result.latency_ms,
             usage=result.usage,
         )
-
-
-def serving_base_model(settings: Settings) -> tuple[Path, dict[str, Any]]:
-    """The base model folder to serve and its identity (matched against adapter manifests)."""
-    if settings.base_model_path is not None:
-        return settings.base_model_path, {"name": settings.base_model_path.name}
-    from core.provision import provision_base_model
-
-    info = provision_base_model(settings)
-    return Path(info.path), {"name": info.name, "source_sha256": info.source_sha256}

@@ -20,9 +20,21 @@ from fastapi.responses import StreamingResponse
 
 from answer.deps import PrincipalDep, RequestIdDep, ServiceDep
 from answer.errors import InvalidRequest
-from answer.openai_format import completion, message_text, model_name, pieces, sse, usage
+from answer.openai_format import (
+    completion,
+    message_text,
+    model_name,
+    pieces,
+    sse,
+    usage,
+)
 from answer.pipeline import AnswerResult, rewrite_turns
-from answer.schemas import AnswerOut, ChatCompletionRequest, ChatRequest, HrAnswerRequest
+from answer.schemas import (
+    AnswerOut,
+    ChatCompletionRequest,
+    ChatRequest,
+    HrAnswerRequest,
+)
 from answer.service import check_unicode
 from core.errors import PolicyRagError
 

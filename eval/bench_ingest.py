@@ -1,6 +1,6 @@
 """`policyrag bench ingest`: the ingest pipeline on a synthetic corpus, against a full rebuild.
 
-Phases, each a fresh `python -m ingest ingest` process (so peak RSS is the real per-run figure
+Phases, each a fresh `python -m policyrag ingest` process (so peak RSS is the real per-run figure
 and start-up costs count):
 1. full ingest of N synthetic documents into an empty data directory: the baseline, i.e. what a
    pipeline without change detection pays on every run;
@@ -65,7 +65,7 @@ def _run_phase(root: Path, data: Path) -> dict:
     env = {**os.environ, "POLICYRAG_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest", "ingest", str(root), "--json"],
+        [sys.executable, "-m", "policyrag", "ingest", str(root), "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

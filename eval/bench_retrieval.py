@@ -27,9 +27,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from retrieval.embed import DENSE_DIM, SparseEncoder
 from core.settings import Settings
 from retrieval.acl import Principal, build_acl_filter
+from retrieval.embed import DENSE_DIM, SparseEncoder
 from retrieval.store import StoredPoint, StoreQuery
 from retrieval.store_edge import EdgeStore
 

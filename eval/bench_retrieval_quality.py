@@ -22,9 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from core.settings import PROJECT_ROOT, Settings
 from eval.external import evidence_texts
 from ingest.pipeline import Ingestor
-from core.settings import PROJECT_ROOT, Settings
 from retrieval.acl import Principal, SearchFilters
 from retrieval.directory import Directory
 from retrieval.retriever import Retriever

@@ -34,8 +34,8 @@ def _worker(kind: str, dataset: Path, steps: int, batch_size: int) -> dict:
     import torch
     from transformers import AutoTokenizer
 
+    from core.provision import base_model_identity
     from tuning.config import TrainConfig
-    from tuning.train import base_model_identity
     from tuning.trainer import load_for_training, train_loop
 
     settings = get_settings()

@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
-from eval.gold import file_hash
+from core.digest import sha256_file
 from core.settings import PROJECT_ROOT, Settings
+from eval.eval_run import EvalRun
+from tuning.registry import AdapterManifest
 
 ALERT_RULES = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
 GOLD_README = "README.md"  # beside the gold set: it states the locked hash
@@ -66,30 +68,30 @@ def exported_series() -> set[str]:
 # -- the checks ----------------------------------------------------------------------------------
 
 
-def _schema_and_gate(settings: Settings, version: str, run: dict[str, Any] | None, promoted: str | None) -> list[Check]:
+def _schema_and_gate(settings: Settings, version: str, run: EvalRun | None, promoted: str | None) -> list[Check]:
     from eval.gate import run_failures
 
     if run is None:
         missing = f"no complete eval of {version} on the current eval set; run `policyrag eval --adapter {version}`"
         return [Check("schema validation passes", False, missing), Check("eval gate passes", False, missing)]
-    s = run["summary"]
+    s = run.summary
     schema_ok = s["schema_validity"] is not None and s["schema_validity"] >= settings.gate_min_schema_validity
     failures = run_failures(settings, run, promoted)
     return [
         Check("schema validation passes", schema_ok,
-              f"run {run['run_id']}: {s['schema_validity']:.1%} of {s['items']} answers valid under constrained decoding "
+              f"run {run.run_id}: {s['schema_validity']:.1%} of {s['items']} answers valid under constrained decoding "
               f"(need ≥ {settings.gate_min_schema_validity:.0%})"),
         Check("eval gate passes", not failures,
-              f"run {run['run_id']}: " + ("; ".join(failures) if failures else "every threshold met")),
+              f"run {run.run_id}: " + ("; ".join(failures) if failures else "every threshold met")),
     ]
 
 
-def _pii(settings: Settings, manifest: dict[str, Any]) -> Check:
+def _pii(settings: Settings, manifest: AdapterManifest) -> Check:
     """The dataset the adapter was trained on: PII scrubbing ran at build time, and a fresh scan
     of what people wrote (questions and answers) finds nothing left."""
     from ingest.pii import PiiScrubber
 
-    folder = Path(manifest.get("dataset_path") or "")
+    folder = Path(manifest.dataset_path or "")
     pairs, report = folder / "pairs.jsonl", folder / "report.json"
     if not pairs.exists() or not report.exists():
         return Check("PII removed from the training data", False,
@@ -111,16 +113,16 @@ def _pii(settings: Settings, manifest: dict[str, Any]) -> Check:
                  f"re-scan of questions and answers finds {total}" + (f" ({found})" if found else ""))
 
 
-def _eval_set_locked(settings: Settings, run: dict[str, Any] | None) -> Check:
-    current = file_hash(settings.gold_set_file)
+def _eval_set_locked(settings: Settings, run: EvalRun | None) -> Check:
+    current = sha256_file(settings.gold_set_file)
     readme = settings.gold_set_file.parent / GOLD_README
     stated = re.findall(r"\b[0-9a-f]{64}\b", readme.read_text()) if readme.exists() else []
     problems = []
     if current not in stated:
         problems.append(f"the hash is not the one stated in {readme} ({stated[0][:12] if stated else 'none'}…): "
                         "the set changed without its lock record; review the change and update both")
-    if run is not None and run["set"]["hash"] != current:
-        problems.append(f"the adapter's eval ran on {run['set']['hash'][:12]}…")
+    if run is not None and run.set.hash != current:
+        problems.append(f"the adapter's eval ran on {run.set.hash[:12]}…")
     return Check("eval set locked (hash unchanged)", not problems,
                  f"{settings.gold_set_file.name} sha256 {current[:12]}…" + ("; " + "; ".join(problems) if problems else
                                                                            f", as stated in {readme.name}"))
@@ -159,16 +161,16 @@ def _latency(settings: Settings, version: str, now: dt.datetime) -> Check:
                  f"{r['concurrent']['users']} users p95 {r['concurrent']['p95_s']} s, {r['concurrent']['answers_per_s']} answers/s")
 
 
-def _review(settings: Settings, run: dict[str, Any] | None) -> Check:
+def _review(settings: Settings, run: EvalRun | None) -> Check:
     from eval.review import review_status
 
     if run is None:
         return Check("human review done", False, "no eval run to review")
-    status = review_status(settings, run["run_id"])
+    status = review_status(settings, run.run_id)
     if not status["items"]:
-        return Check("human review done", False, f"no review sheet for run {run['run_id']}; run `policyrag review export`")
+        return Check("human review done", False, f"no review sheet for run {run.run_id}; run `policyrag review export`")
     return Check("human review done", bool(status["complete"]),
-                 f"run {run['run_id']}: {status['reviewed']}/{status['items']} flagged items reviewed, {status['wrong']} judged wrong")
+                 f"run {run.run_id}: {status['reviewed']}/{status['items']} flagged items reviewed, {status['wrong']} judged wrong")
 
 
 def _alerts(path: Path) -> Check:
@@ -206,12 +208,12 @@ def run_checklist(settings: Settings, version: str | None = None, *, alert_rules
         record = registry.load(version)
     except RegistryError as exc:
         return version, [Check("an adapter to ship", False, str(exc))]
-    run = latest_complete_run(settings, version, file_hash(settings.gold_set_file)) if settings.gold_set_file.exists() else None
+    run = latest_complete_run(settings, version, sha256_file(settings.gold_set_file)) if settings.gold_set_file.exists() else None
     return version, [
         *_schema_and_gate(settings, version, run, promoted),
         _pii(settings, record.manifest),
         _eval_set_locked(settings, run),
-        _rollback(version, registry.events(), record.manifest.get("created_at", "")),
+        _rollback(version, registry.events(), record.manifest.created_at),
         _latency(settings, version, now),
         _review(settings, run),
         _alerts(alert_rules),

@@ -31,7 +31,13 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run the eval set (or external sets) through the real answer pipeline and score it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from answer.app import build_service
     from eval.gold import load_gold_set
@@ -64,19 +70,19 @@ def eval_command(
     finally:
         service.close()
     if as_json:
-        console.print_json(json.dumps(outs if external is not None else outs[0]))
+        console.print_json(json.dumps([o.to_json() for o in outs] if external is not None else outs[0].to_json()))
         return
     for out in outs:
         _print_run(out)
 
 
 def _print_run(out: dict) -> None:
-    s, b = out["summary"], out.get("baseline_summary")
-    table = Table(title=f"eval {out['run_id']}: {out['adapter']} on {out['set']['name']} ({out['set']['evaluated']} items)")
+    s, b = out.summary, out.baseline_summary
+    table = Table(title=f"eval {out.run_id}: {out.adapter} on {out.set.name} ({out.set.evaluated} items)")
     table.add_column("metric")
-    table.add_column(out["adapter"])
+    table.add_column(out.adapter)
     if b:
-        table.add_column(out["baseline"])
+        table.add_column(out.baseline)
     from eval.report import METRICS
 
     for key, _, _ in METRICS:
@@ -84,7 +90,7 @@ def _print_run(out: dict) -> None:
             continue
         table.add_row(key, str(s.get(key)), *( [str(b.get(key))] if b else []))
     console.print(table)
-    console.print(f"saved under data/eval/runs/{out['run_id']}; `policyrag report` writes the HTML and PDF")
+    console.print(f"saved under data/eval/runs/{out.run_id}; `policyrag report` writes the HTML and PDF")
 
 
 def report_command(

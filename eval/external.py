@@ -24,10 +24,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from answer.pipeline import AnswerPipeline
-from eval.gold import EvalSet, GoldItem
-from eval.runner import run_eval
 from core.errors import ConfigError
 from core.settings import Settings
+from eval.eval_run import EvalRun
+from eval.gold import EvalSet, GoldItem
+from eval.runner import run_eval
 
 READER = "external-reader"
 
@@ -101,7 +102,7 @@ def external_index(settings: Settings, folder: Path, *, embedder, scrubber=None)
 
 
 def run_external(settings: Settings, folder: Path, *, service, adapter: str = "promoted", baseline: str | None = None,
-                 limit: int | None = None, on_stage=lambda s: None, on_item=lambda row: None) -> dict[str, Any]:
+                 limit: int | None = None, on_stage=lambda s: None, on_item=lambda row: None) -> EvalRun:
     from retrieval.directory import Directory, DirectoryUser
     from retrieval.retriever import Retriever
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.digest import sha256_file
 from core.settings import Settings
-from eval.gold import file_hash
+from eval.eval_run import EvalRun
 from eval.metrics import COMPARED
 from eval.runner import latest_complete_run
 
@@ -16,26 +17,26 @@ def gate_failures(settings: Settings, version: str, promoted: str | None) -> lis
     """Why `version` may not be promoted (empty: it may)."""
     if not settings.gold_set_file.exists():
         return [f"no eval set at {settings.gold_set_file}: nothing to gate on"]
-    set_hash = file_hash(settings.gold_set_file)
+    set_hash = sha256_file(settings.gold_set_file)
     run = latest_complete_run(settings, version, set_hash)
     if run is None:
         return [f"no complete eval of {version} on the current eval set ({set_hash[:12]}); run `policyrag eval --adapter {version}`"]
     return run_failures(settings, run, promoted)
 
 
-def run_failures(settings: Settings, run: dict[str, Any], promoted: str | None) -> list[str]:
+def run_failures(settings: Settings, run: EvalRun, promoted: str | None) -> list[str]:
     """The gate applied to one saved run: its thresholds, the comparison with the promoted
     adapter's latest complete run on the same set, and the review when required."""
     from eval.review import review_status
 
     current = None
-    if promoted and promoted != run["adapter"]:
-        current = latest_complete_run(settings, promoted, run["set"]["hash"])
-    failures = summary_failures(settings, run["summary"], current["summary"] if current else None, promoted)
+    if promoted and promoted != run.adapter:
+        current = latest_complete_run(settings, promoted, run.set.hash)
+    failures = summary_failures(settings, run.summary, current.summary if current else None, promoted)
     if settings.gate_require_review:
-        status = review_status(settings, run["run_id"])
+        status = review_status(settings, run.run_id)
         if not status["complete"]:
-            failures.append(f"human review of run {run['run_id']} is not complete ({status['reviewed']}/{status['items']} items)")
+            failures.append(f"human review of run {run.run_id} is not complete ({status['reviewed']}/{status['items']} items)")
     return failures
 
 

@@ -70,10 +70,6 @@ class EvalSet:
         return {item.id: item for item in self.items}
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_gold_set(path: Path) -> EvalSet:
     """Every line validated; the error names the line and the field."""
     try:

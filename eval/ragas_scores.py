@@ -42,7 +42,10 @@ class NonLlmScorer:
     """ragas' deterministic metrics; no model, no network."""
 
     def __init__(self) -> None:
-        from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall
+        from ragas.metrics import (
+            NonLLMContextPrecisionWithReference,
+            NonLLMContextRecall,
+        )
         from ragas.metrics.collections import NonLLMStringSimilarity, RougeScore
 
         self.rouge = RougeScore(rouge_type="rougeL", mode="fmeasure")
@@ -106,7 +109,12 @@ class JudgeScorer:
         import instructor
         from openai import AsyncOpenAI
         from ragas.llms.base import InstructorLLM
-        from ragas.metrics.collections import AnswerRelevancy, ContextPrecisionWithReference, ContextRecall, Faithfulness
+        from ragas.metrics.collections import (
+            AnswerRelevancy,
+            ContextPrecisionWithReference,
+            ContextRecall,
+            Faithfulness,
+        )
 
         api_key = settings.eval_judge_api_key.get_secret_value() if settings.eval_judge_api_key else "none"
         client = AsyncOpenAI(base_url=settings.eval_judge_url, api_key=api_key, timeout=settings.generation_timeout_s,

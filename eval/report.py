@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError
+from core.settings import Settings
+from eval.eval_run import EvalRun
 from eval.gate import run_failures
 from eval.metrics import STATUSES, percentile
 from eval.review import review_status
 from eval.runner import load_run, runs_dir
-from core.errors import ConfigError
-from core.settings import Settings
 
 METRICS = [
     ("schema_validity", "Schema validity (constrained)", "pct"),
@@ -134,28 +135,28 @@ def _failed(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r["status_ok"] or r["leaks"] or (r.get("citation_recall") == 0.0)]
 
 
-def build_html(settings: Settings, run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    s, b = run["summary"], run.get("baseline_summary")
+def build_html(settings: Settings, run: EvalRun, rows: list[dict[str, Any]]) -> str:
+    s, b = run.summary, run.baseline_summary
     from tuning.registry import AdapterRegistry
 
     promoted = AdapterRegistry(settings.adapters_dir).promoted_version()
     failures = run_failures(settings, run, promoted)
-    review = review_status(settings, run["run_id"])
-    if not run["complete"]:
-        failures.append(f"partial run: {run['set']['evaluated']} of {run['set']['items']} items")
+    review = review_status(settings, run.run_id)
+    if not run.complete:
+        failures.append(f"partial run: {run.set.evaluated} of {run.set.items} items")
     verdict_ok = not failures
-    verdict = (f"PASS — adapter {run['adapter']} meets the promotion gate" if verdict_ok else
-               f"FAIL — adapter {run['adapter']} does not meet the promotion gate: " + "; ".join(failures))
+    verdict = (f"PASS — adapter {run.adapter} meets the promotion gate" if verdict_ok else
+               f"FAIL — adapter {run.adapter} does not meet the promotion gate: " + "; ".join(failures))
 
-    v = run["versions"]
-    base = v.get("base_model") or {}
+    v = run.versions
+    base = v.base_model or {}
     versions = [
         ("Base model", f"{base.get('name', '?')} (GGUF sha256 {str(base.get('source_sha256') or '–')[:16]}…)"),
-        ("Adapter", run["adapter"]), ("Training dataset", str(v.get("dataset") or "–")[:16]),
-        ("Eval set", f"{run['set']['name']} · {run['set']['items']} items · sha256 {run['set']['hash'][:16]}…"),
-        ("Corpus", f"{len(v['documents'])} documents · fingerprint {v['corpus']}"),
-        ("Prompt", v["prompt"]), ("Backend", v["backend"]), ("Run", f"{run['run_id']} at {run['at']}"),
-        ("Baseline", run.get("baseline") or "none"),
+        ("Adapter", run.adapter), ("Training dataset", str(v.dataset or "–")[:16]),
+        ("Eval set", f"{run.set.name} · {run.set.items} items · sha256 {run.set.hash[:16]}…"),
+        ("Corpus", f"{len(v.documents)} documents · fingerprint {v.corpus}"),
+        ("Prompt", v.prompt), ("Backend", v.backend), ("Run", f"{run.run_id} at {run.at}"),
+        ("Baseline", run.baseline or "none"),
     ]
     metric_rows = []
     for key, label, kind in METRICS:
@@ -199,7 +200,7 @@ def build_html(settings: Settings, run: dict[str, Any], rows: list[dict[str, Any
                        f"{review.get('unsure', 0)}; reviewers: {_e(', '.join(review.get('reviewers', [])) or '–')}.</p><ul>{findings}</ul>")
     baseline_categories = (b or {}).get("by_category")
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>policyrag eval report — {_e(run['adapter'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>policyrag eval report — {_e(run.adapter)}</title>
 <style>
  body {{ font: 13px/1.45 "DejaVu Sans", system-ui, sans-serif; color: #1d2330; margin: 28px; }}
  h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 16px; margin: 22px 0 8px; border-bottom: 1px solid #ccd; }}
@@ -215,12 +216,12 @@ def build_html(settings: Settings, run: dict[str, Any], rows: list[dict[str, Any
  .grid {{ display: flex; gap: 28px; flex-wrap: wrap; align-items: flex-start; }}
 </style></head><body>
 <h1>Policy assistant — evaluation report</h1>
-<div>Adapter <b>{_e(run['adapter'])}</b> on {_e(run['set']['name']) + ' (external set)' if run.get('external') else 'the locked eval set'} ({run['set']['evaluated']} items), {_e(run['at'])}</div>
+<div>Adapter <b>{_e(run.adapter)}</b> on {_e(run.set.name) + ' (external set)' if run.external else 'the locked eval set'} ({run.set.evaluated} items), {_e(run.at)}</div>
 <div class="verdict {'pass' if verdict_ok else 'fail'}">{_e(verdict)}</div>
 <h2>Versions</h2>
 <table>{''.join(f'<tr><th>{_e(k)}</th><td>{_e(val)}</td></tr>' for k, val in versions)}</table>
 <h2>Metrics</h2>
-<table><tr><th>metric</th><th>{_e(run['adapter'])}</th><th>{_e(run.get('baseline') or '')}</th><th>delta</th></tr>{''.join(metric_rows)}</table>
+<table><tr><th>metric</th><th>{_e(run.adapter)}</th><th>{_e(run.baseline or '')}</th><th>delta</th></tr>{''.join(metric_rows)}</table>
 <p><small>Gate thresholds: schema validity ≥ {settings.gate_min_schema_validity:.0%}, ACL leaks ≤ {settings.gate_max_acl_leaks},
 refusal recall ≥ {settings.gate_min_refusal_recall:.0%}, status accuracy ≥ {settings.gate_min_status_accuracy:.0%}, no compared metric more than {settings.gate_max_regression:.0%} worse than the promoted adapter
 ({_e(promoted or 'none')}){', completed human review' if settings.gate_require_review else ''}.</small></p>
@@ -238,11 +239,11 @@ refusal recall ≥ {settings.gate_min_refusal_recall:.0%}, status accuracy ≥ {
 """
 
 
-def _judge_note(run: dict[str, Any]) -> str:
+def _judge_note(run: EvalRun) -> str:
     """Which judge scored the LLM-judged ragas metrics, and what that is worth."""
     note = ("ragas non-LLM metrics: ROUGE-L and Levenshtein similarity against the expected answer; context "
             "precision/recall compare retrieved passages with the expected sources' text (string similarity ≥ 0.5). ")
-    judge = run.get("judge")
+    judge = run.judge
     if not judge:
         return _e(note + "LLM-judged ragas metrics: no judge configured (set POLICYRAG_EVAL_JUDGE_URL).")
     return _e(note + f"LLM-judged ragas metrics: judge {judge['model']} at {judge['url']}, {judge['mode']}, "
@@ -253,7 +254,7 @@ def _judge_note(run: dict[str, Any]) -> str:
 
 def write_report(settings: Settings, run_id: str | None = None, *, pdf: bool = True) -> tuple[Path, Path | None]:
     run, rows = load_run(settings, run_id)
-    folder = runs_dir(settings) / run["run_id"]
+    folder = runs_dir(settings) / run.run_id
     html_path = folder / "report.html"
     html_path.write_text(build_html(settings, run, rows), encoding="utf-8")
     pdf_path = None

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eval.runner import load_run, runs_dir
 from core.errors import ConfigError
 from core.settings import Settings
+from eval.runner import load_run, runs_dir
 
 VERDICTS = ("ok", "wrong", "unsure")
 COLUMNS = ("run_id", "item_id", "category", "flags", "user", "question", "expected", "got", "citations",
@@ -60,7 +60,7 @@ def _got(row: dict[str, Any]) -> str:
 
 def export_review(settings: Settings, run_id: str | None = None) -> tuple[Path, Path, int]:
     run, rows = load_run(settings, run_id)
-    folder = runs_dir(settings) / run["run_id"]
+    folder = runs_dir(settings) / run.run_id
     picked = [(row, flags(row)) for row in rows if row.get("run", "candidate") == "candidate"]
     picked = [(row, f) for row, f in picked if f]
     csv_path, html_path = folder / "review.csv", folder / "review.html"
@@ -69,7 +69,7 @@ def export_review(settings: Settings, run_id: str | None = None) -> tuple[Path, 
         writer.writeheader()
         for row, f in picked:
             writer.writerow({
-                "run_id": run["run_id"], "item_id": row["id"], "category": row["category"], "flags": "; ".join(f),
+                "run_id": run.run_id, "item_id": row["id"], "category": row["category"], "flags": "; ".join(f),
                 "user": row["user"], "question": " / ".join([*row["turns"], row["question"]]),
                 "expected": _expected(row), "got": _got(row),
                 "citations": " | ".join(f"{c['label']}: \"{c['quote']}\"" for c in row["citations"]),
@@ -84,7 +84,7 @@ def export_review(settings: Settings, run_id: str | None = None) -> tuple[Path, 
         "<!doctype html><meta charset='utf-8'><title>Review sheet</title>"
         "<style>body{font:14px system-ui;margin:24px}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
         "padding:4px 6px;vertical-align:top}th{background:#eee}</style>"
-        f"<h1>Review sheet: run {html.escape(run['run_id'])} (adapter {html.escape(run['adapter'])})</h1>"
+        f"<h1>Review sheet: run {html.escape(run.run_id)} (adapter {html.escape(run.adapter)})</h1>"
         f"<p>{len(picked)} items to review. Fill in <code>verdict</code> (ok / wrong / unsure), <code>finding</code> "
         f"and <code>reviewer</code> in <code>{csv_path.name}</code>, then run <code>policyrag review import</code>.</p>"
         "<table><tr><th>item</th><th>category</th><th>why</th><th>user</th><th>question</th><th>expected</th>"

@@ -18,16 +18,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from answer.audit import AuditLog
 from answer.backends import BackendUnavailable
-from core.contract import render_answer
 from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_turns
-from eval.gold import EvalSet, GoldItem, load_gold_set
-from eval.metrics import COMPARED, aggregate, citation_scores, exact_match, leaked, matches, retrieval_scores, token_f1
-from eval.ragas_scores import JudgeScorer, add_ragas, judge_info
-from eval.ragas_scores import summary as ragas_summary
+from core.contract import render_answer
 from core.errors import ConfigError
 from core.settings import Settings
+from eval.eval_run import EvalRun
+from eval.gold import EvalSet, GoldItem, load_gold_set
+from eval.metrics import (
+    COMPARED,
+    aggregate,
+    citation_scores,
+    exact_match,
+    leaked,
+    matches,
+    retrieval_scores,
+    token_f1,
+)
+from eval.ragas_scores import JudgeScorer, add_ragas, judge_info
+from eval.ragas_scores import summary as ragas_summary
+from retrieval.acl import may_read
+from retrieval.store import stored_chunks
 
 
 def runs_dir(settings: Settings) -> Path:
@@ -46,8 +60,8 @@ class DocInfo:
 def corpus_docs(store) -> dict[str, DocInfo]:
     """Every indexed document with its access metadata (read from the store itself)."""
     docs: dict[str, DocInfo] = {}
-    for _, p in store.scroll(fields=["doc_id", "title", "version", "groups", "region"]):
-        docs.setdefault(p["doc_id"], DocInfo(p["doc_id"], p["title"], str(p["version"]), frozenset(p["groups"]), p["region"]))
+    for chunk in stored_chunks(store):
+        docs.setdefault(chunk.doc_id, DocInfo(chunk.doc_id, chunk.title, chunk.version, frozenset(chunk.groups), chunk.region))
     return docs
 
 
@@ -59,8 +73,7 @@ def corpus_version(docs: dict[str, DocInfo]) -> str:
 def reference_contexts(store) -> Callable[[dict[str, Any]], list[str]]:
     """For a row, the text of every indexed chunk that is one of its expected sources (the
     reference contexts of ragas' context metrics)."""
-    chunks = [{"doc_id": p["doc_id"], "section": list(p.get("section") or ()), "text": p["text"]}
-              for _, p in store.scroll(fields=["doc_id", "section", "text"])]
+    chunks = [{"doc_id": c.doc_id, "section": list(c.section), "text": c.text} for c in stored_chunks(store)]
     by_doc: dict[str, list[dict[str, Any]]] = {}
     for chunk in chunks:
         by_doc.setdefault(chunk["doc_id"], []).append(chunk)
@@ -75,8 +88,7 @@ def unreadable(principal, docs: dict[str, DocInfo]) -> list[str]:
     """Titles and citation prefixes of documents this principal may not read (leak markers)."""
     out = []
     for d in docs.values():
-        readable = bool(d.groups & set(principal.groups)) and (principal.region == "global" or d.region in ("global", principal.region))
-        if not readable:
+        if not may_read(principal, tuple(d.groups), d.region):
             out += [d.title, f"{d.doc_id}@v"]
     return out
 
@@ -154,8 +166,8 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
              eval_set: EvalSet | None = None, references: Callable[[dict[str, Any]], list[str]] | None = None,
              external: dict[str, Any] | None = None,
              on_stage: Callable[[str], None] = lambda s: None,
-             on_item: Callable[[dict], None] = lambda row: None) -> dict[str, Any]:
-    """Run the set for `adapter` (and `baseline`), save the run, return run.json's content.
+             on_item: Callable[[dict], None] = lambda row: None) -> EvalRun:
+    """Run the set for `adapter` (and `baseline`), save the run (run.json, items.jsonl), return it.
 
     `eval_set`/`references`/`external` are for the external sets (eval.external): their own
     items, their evidence as reference contexts, and a note on where they came from."""
@@ -186,7 +198,6 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
         on_stage(f"{version}: ragas metrics, judged by {settings.eval_judge_model} at {settings.eval_judge_url}")
     judged = add_ragas(rows, references, judge=judge, judge_items=settings.eval_judge_items)
     summary = {**aggregate(rows), **ragas_summary(rows)}
-    out: dict[str, Any] = {"run_id": run_id}
     if unconstrained:
         on_stage(f"{version}: schema validity without constrained decoding ({unconstrained} items)")
         free = evaluate(pipeline, eval_set, docs, adapter=version, limit=unconstrained, concurrency=concurrency, constrained=False)
@@ -204,8 +215,9 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
         with open(folder / "items.jsonl", "a", encoding="utf-8") as handle:
             for row in base_rows:
                 handle.write(json.dumps({"run": "baseline", **row}, ensure_ascii=False) + "\n")
-    manifest = registry.load(version).manifest if version != "base" else {}
-    out.update({
+    manifest = registry.load(version).manifest if version != "base" else None
+    out = EvalRun.model_validate({
+        "run_id": run_id,
         "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "adapter": version,
         "baseline": base_version,
@@ -213,9 +225,9 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
         "set": {"name": eval_set.name, "path": str(eval_set.path), "hash": eval_set.hash,
                 "items": len(eval_set.items), "evaluated": len(rows)},
         "versions": {
-            "base_model": service.pipeline.base_model,
+            "base_model": service.pipeline.base_model.as_dict() if service.pipeline.base_model else None,
             "adapter": version,
-            "dataset": manifest.get("dataset_hash"),
+            "dataset": manifest.dataset_hash if manifest else None,
             "eval_set": eval_set.hash,
             "corpus": corpus_version(docs),
             "documents": {d.doc_id: d.version for d in sorted(docs.values(), key=lambda d: d.doc_id)},
@@ -229,11 +241,11 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
         "deltas": {m: round(summary[m] - baseline_summary[m], 4) for m in COMPARED
                    if baseline_summary and summary.get(m) is not None and baseline_summary.get(m) is not None},
     })
-    (folder / "run.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    (folder / "run.json").write_text(json.dumps(out.to_json(), indent=2, ensure_ascii=False) + "\n")
     return out
 
 
-def load_run(settings: Settings, run_id: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def load_run(settings: Settings, run_id: str | None = None) -> tuple[EvalRun, list[dict[str, Any]]]:
     """A saved run (default: the latest) and its item rows."""
     root = runs_dir(settings)
     runs = sorted(p.name for p in root.iterdir() if (p / "run.json").exists()) if root.exists() else []
@@ -244,19 +256,26 @@ def load_run(settings: Settings, run_id: str | None = None) -> tuple[dict[str, A
     if run_id not in runs:
         raise ConfigError(f"no eval run {run_id!r} in {root} (latest: {runs[-1]})")
     folder = root / run_id
-    run = json.loads((folder / "run.json").read_text())
+    run = read_run(folder / "run.json")
     rows = [json.loads(line) for line in (folder / "items.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     return run, rows
 
 
-def all_runs(settings: Settings) -> list[dict[str, Any]]:
+def read_run(path: Path) -> EvalRun:
+    try:
+        return EvalRun.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as exc:
+        raise ConfigError(f"eval run {path.parent.name} cannot be read ({exc}); re-run `policyrag eval` or remove {path.parent}") from None
+
+
+def all_runs(settings: Settings) -> list[EvalRun]:
     root = runs_dir(settings)
     if not root.exists():
         return []
-    return [json.loads((p / "run.json").read_text()) for p in sorted(root.iterdir()) if (p / "run.json").exists()]
+    return [read_run(p / "run.json") for p in sorted(root.iterdir()) if (p / "run.json").exists()]
 
 
-def latest_complete_run(settings: Settings, version: str, set_hash: str) -> dict[str, Any] | None:
+def latest_complete_run(settings: Settings, version: str, set_hash: str) -> EvalRun | None:
     """The newest complete run of `version` on the eval set with this hash."""
-    runs = [r for r in all_runs(settings) if r["adapter"] == version and r["set"]["hash"] == set_hash and r["complete"]]
+    runs = [r for r in all_runs(settings) if r.adapter == version and r.set.hash == set_hash and r.complete]
     return runs[-1] if runs else None

@@ -21,8 +21,8 @@ import frontmatter
 import yaml
 from pydantic import ValidationError
 
-from ingest.documents import DocumentMeta, LoadedDocument
 from core.errors import DocumentRejected
+from ingest.documents import DocumentMeta, LoadedDocument
 
 FORMATS = {
     ".md": "md",

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
 
-from ingest.documents import PiiReport
 from core.errors import ModelMissingError
+from ingest.documents import PiiReport
 
 logger = logging.getLogger(__name__)
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
+from core.errors import ConfigError, DocumentRejected
+from core.settings import Settings
 from ingest.chunking import chunk_document
+from ingest.disk_space import ensure_free_space
 from ingest.documents import Chunk, LoadedDocument, PiiReport
-from retrieval.embed import DenseEmbedder, SparseEncoder
-from core.errors import ConfigError, DiskFull, DocumentRejected
 from ingest.loaders import load_document
 from ingest.manifest import JournalEntry, Manifest, ManifestRow
 from ingest.pii import PiiScrubber
@@ -32,9 +32,10 @@ from ingest.plan import (
     plan_ingest,
     superseded_row,
 )
-from core.settings import Settings
+from ingest.report import IngestReport
 from retrieval.directory import load_directory
-from retrieval.store import Store, StoredPoint
+from retrieval.embed import DenseEmbedder, SparseEncoder
+from retrieval.store import ChunkPayload, Store, StoredPoint
 from retrieval.store_factory import open_store
 
 logger = logging.getLogger(__name__)
@@ -45,73 +46,7 @@ _BATCH_CHUNKS = 256  # chunks embedded and written per store/manifest transactio
 _POINT_OVERHEAD_BYTES = 16 * 1024
 
 
-def ensure_free_space(settings: Settings, need_bytes: int, what: str) -> None:
-    """Refuse a write that would leave less than `ingest_min_free_mb` free under the data dir.
-
-    Qdrant Edge memory-maps its segment and WAL files; when the disk fills under a write to a
-    mapped page the process dies of SIGBUS instead of getting an error, so the space is checked
-    before each batch. Batches already written stay committed (manifest and store agree)."""
-    folder = settings.data_dir
-    while not folder.exists():
-        folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    floor = settings.ingest_min_free_mb * 1024 * 1024
-    if free - need_bytes < floor:
-        raise DiskFull(
-            f"only {free / 2**20:.0f} MiB free under {settings.data_dir}: too little to {what} and keep "
-            f"{settings.ingest_min_free_mb} MiB free (POLICYRAG_INGEST_MIN_FREE_MB); free some space or move "
-            "POLICYRAG_DATA_DIR, then run `policyrag ingest` again: what was indexed so far is kept and consistent"
-        )
 ProgressFn = Callable[[int, int, str], None]
-
-
-@dataclass
-class IngestReport:
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    superseded: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    rejected: list[DocumentRejected] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    recovered: list[str] = field(default_factory=list)
-    chunks_written: int = 0
-    chunks_deleted: int = 0
-    pii: dict[str, dict[str, int]] = field(default_factory=dict)
-    embed_calls: int = 0
-    texts_embedded: int = 0
-    seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    def timed(self, stage: str, started: float) -> None:
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - started
-
-    @property
-    def ok(self) -> bool:
-        return not self.rejected
-
-    @property
-    def pii_total(self) -> int:
-        return sum(sum(c.values()) for c in self.pii.values())
-
-    def as_dict(self) -> dict:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "deleted": self.deleted,
-            "superseded": self.superseded,
-            "unchanged": len(self.unchanged),
-            "rejected": [{"path": r.path, "reason": r.reason, "message": r.message} for r in self.rejected],
-            "skipped": self.skipped,
-            "recovered": self.recovered,
-            "chunks_written": self.chunks_written,
-            "chunks_deleted": self.chunks_deleted,
-            "pii_redactions": self.pii,
-            "embed_calls": self.embed_calls,
-            "texts_embedded": self.texts_embedded,
-            "seconds": round(self.seconds, 3),
-            "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())},
-        }
 
 
 class Ingestor:
@@ -393,25 +328,25 @@ def _point_id(doc: LoadedDocument, chunk: Chunk) -> str:
 
 def _payload(doc: LoadedDocument, chunk: Chunk) -> dict:
     meta = doc.meta
-    return {
-        "doc_id": meta.id,
-        "version": meta.version,
-        "title": meta.title,
-        "effective_date": meta.effective_date.isoformat(),
-        "owner": meta.owner,
-        "source": doc.path,
-        "section": list(chunk.section_path),
-        "section_path": " › ".join(chunk.section_path),
-        "chunk_index": chunk.index,
-        "citation_id": chunk.citation_id,
-        "text": chunk.text,
-        "start": chunk.start,
-        "end": chunk.end,
-        "groups": list(meta.groups),
-        "region": meta.region,
-        "content_hash": doc.content_hash,
-        "chunk_hash": chunk.text_hash,
-    }
+    return ChunkPayload(
+        doc_id=meta.id,
+        version=meta.version,
+        title=meta.title,
+        effective_date=meta.effective_date,
+        owner=meta.owner,
+        source=doc.path,
+        section=chunk.section_path,
+        section_path=" › ".join(chunk.section_path),
+        chunk_index=chunk.index,
+        citation_id=chunk.citation_id,
+        text=chunk.text,
+        start=chunk.start,
+        end=chunk.end,
+        groups=meta.groups,
+        region=meta.region,
+        content_hash=doc.content_hash,
+        chunk_hash=chunk.text_hash,
+    ).to_store()
 
 
 def _read_allow_list(path: Path) -> list[str]:

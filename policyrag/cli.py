@@ -24,7 +24,13 @@ from answer.cli import ask, audit, keys_app, serve
 from core.errors import ConfigError, PolicyRagError
 from core.settings import get_settings, settings_for_backend
 from core.terminal import console, err_console, print_error
-from eval.cli import bench_app, checklist_command, eval_command, report_command, review_app
+from eval.cli import (
+    bench_app,
+    checklist_command,
+    eval_command,
+    report_command,
+    review_app,
+)
 from ingest.cli import ingest_command
 from retrieval.cli import search_command
 from tuning.cli import adapters_app, print_change, tune_app

@@ -30,8 +30,8 @@ class Plan:
 
 
 def plan(settings: Settings) -> Plan:
+    from core.digest import sha256_file
     from eval.gate import run_failures
-    from eval.gold import file_hash
     from eval.runner import latest_complete_run
     from tuning.registry import AdapterRegistry
 
@@ -43,13 +43,13 @@ def plan(settings: Settings) -> Plan:
     if not versions:
         return Plan("train", None, "no adapter is registered")
     newest = versions[-1]
-    run = latest_complete_run(settings, newest, file_hash(settings.gold_set_file))
+    run = latest_complete_run(settings, newest, sha256_file(settings.gold_set_file))
     if run is None:
         return Plan("evaluate", newest, f"adapter {newest} has no complete eval on the locked set")
     failures = run_failures(settings, run, None)
     if failures:
-        return Plan("base", newest, f"adapter {newest} failed the gate in run {run['run_id']}: " + "; ".join(failures))
-    return Plan("promote", newest, f"adapter {newest} passed the gate in run {run['run_id']}")
+        return Plan("base", newest, f"adapter {newest} failed the gate in run {run.run_id}: " + "; ".join(failures))
+    return Plan("promote", newest, f"adapter {newest} passed the gate in run {run.run_id}")
 
 
 def training_eta_s(settings: Settings, config) -> float:
@@ -64,7 +64,13 @@ def training_eta_s(settings: Settings, config) -> float:
 
 
 def _eval_with_progress(settings: Settings, service, version: str) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from eval.gold import load_gold_set
     from eval.runner import run_eval
@@ -132,7 +138,7 @@ def up(settings: Settings, *, host: str, port: int) -> None:
     try:
         if decision.action in ("train", "evaluate"):
             out = _eval_with_progress(settings, service, version)
-            step(f"eval of {version}: run {out['run_id']} (`policyrag report` writes it up for legal)")
+            step(f"eval of {version}: run {out.run_id} (`policyrag report` writes it up for legal)")
         if decision.action in ("train", "evaluate", "promote"):
             try:
                 gated_promote(settings, version, reason="policyrag up")

@@ -11,6 +11,7 @@ filters are ANDed onto it: they can narrow what a principal sees, never widen it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.errors import PolicyRagError
@@ -107,3 +108,10 @@ def build_acl_filter(principal: Principal, narrow: SearchFilters | None = None) 
     if narrow is not None:
         must.extend(narrow.conditions())
     return StoreFilter(tuple(must))
+
+
+def may_read(principal: Principal, groups: Sequence[str], region: str) -> bool:
+    """Whether `principal` may read a chunk with these `groups` and `region`: the access filter
+    itself, evaluated locally, so eval's leak check and tuning's audience check can never drift
+    from what the store query enforces."""
+    return build_acl_filter(principal).matches({"groups": list(groups), "region": region})

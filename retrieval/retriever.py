@@ -13,12 +13,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from retrieval.embed import DenseEmbedder, SparseEncoder
 from core.errors import ConfigError
 from core.settings import Settings
 from retrieval.acl import Principal, SearchFilters, build_acl_filter, resolve_principal
 from retrieval.directory import Directory, load_directory
-from retrieval.store import ScoredChunk, Store, StoreQuery
+from retrieval.embed import DenseEmbedder, SparseEncoder
+from retrieval.store import ChunkPayload, ScoredChunk, Store, StoreQuery
 from retrieval.store_factory import open_store
 
 SearchMode = Literal["hybrid", "dense", "sparse"]
@@ -199,18 +199,18 @@ def _cosine(a: list[float] | None, b: list[float] | None) -> float:
 
 
 def _passage(hit: ScoredChunk, relevance: float | None) -> Passage:
-    p = hit.payload
+    p = ChunkPayload.model_validate(hit.payload)
     return Passage(
-        citation_id=p["citation_id"],
-        doc_id=p["doc_id"],
-        version=str(p["version"]),
-        title=p["title"],
-        section_path=tuple(p.get("section") or ()),
-        text=p["text"],
+        citation_id=p.citation_id,
+        doc_id=p.doc_id,
+        version=p.version,
+        title=p.title,
+        section_path=p.section,
+        text=p.text,
         score=hit.score,
         relevance=relevance,
-        start=int(p["start"]),
-        end=int(p["end"]),
-        source=p["source"],
-        effective_date=dt.date.fromisoformat(p["effective_date"]),
+        start=p.start,
+        end=p.end,
+        source=p.source,
+        effective_date=p.effective_date,
     )

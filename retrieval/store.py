@@ -7,16 +7,20 @@ default, persisted under the data directory) and a Qdrant server or cluster thro
 in-process mode, used in tests).
 
 One point per chunk; named vectors `dense` (384-d cosine) and `sparse` (BM25 terms, IDF applied
-by the store). Payload keys are listed in `PAYLOAD_FIELDS`; the keyword fields in
-`INDEXED_FIELDS` (everything the access filter uses) get a payload index before data goes in.
+by the store). The payload is a `ChunkPayload` (written by ingest, validated where it is read:
+the retriever, tuning's pair builder, the eval runner); the keyword fields in `INDEXED_FIELDS`
+(everything the access filter uses) get a payload index before data goes in.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from core.errors import PolicyRagError, StoreError
 from retrieval.acl import StoreFilter
@@ -25,25 +29,43 @@ from retrieval.embed import DENSE_DIM, SparseVector
 DENSE = "dense"
 SPARSE = "sparse"
 INDEXED_FIELDS = ("groups", "region", "doc_id", "version", "citation_id")
-PAYLOAD_FIELDS = (
-    "doc_id",
-    "version",
-    "title",
-    "effective_date",
-    "owner",
-    "source",
-    "section",
-    "section_path",
-    "chunk_index",
-    "citation_id",
-    "text",
-    "start",
-    "end",
-    "groups",
-    "region",
-    "content_hash",
-    "chunk_hash",
-)
+
+
+class ChunkPayload(BaseModel):
+    """The payload of one point: one chunk of the current version of one document."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
+
+    doc_id: str
+    version: str
+    title: str
+    effective_date: dt.date
+    owner: str
+    source: str  # the file, relative to the ingested folder
+    section: tuple[str, ...]  # heading path
+    section_path: str  # the same, joined for display
+    chunk_index: int
+    citation_id: str
+    text: str
+    start: int  # character span in the scrubbed document text
+    end: int
+    groups: tuple[str, ...]  # who may read it (retrieval/acl.py)
+    region: str
+    content_hash: str
+    chunk_hash: str
+
+    def to_store(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+PAYLOAD_FIELDS: tuple[str, ...] = tuple(ChunkPayload.model_fields)
+
+
+def stored_chunks(store: Store) -> Iterator[ChunkPayload]:
+    """Every indexed chunk, validated (audits, pair building, eval references; never a user path:
+    nothing here is access-filtered)."""
+    for _, payload in store.scroll(PAYLOAD_FIELDS):
+        yield ChunkPayload.model_validate(payload)
 
 
 @dataclass(frozen=True)
@@ -134,9 +156,12 @@ __all__ = [
     "DENSE",
     "DENSE_DIM",
     "SPARSE",
+    "ChunkPayload",
+    "PAYLOAD_FIELDS",
     "ScoredChunk",
     "Store",
     "StoreQuery",
     "StoredPoint",
     "store_boundary",
+    "stored_chunks",
 ]

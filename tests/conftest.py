@@ -19,10 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from retrieval.embed import DenseEmbedder  # noqa: E402
-from ingest.pii import PiiScrubber  # noqa: E402
 from core.provision import embedding_model_path  # noqa: E402
 from core.settings import PROJECT_ROOT, Settings  # noqa: E402
+from ingest.pii import PiiScrubber  # noqa: E402
+from retrieval.embed import DenseEmbedder  # noqa: E402
 
 CORPUS = PROJECT_ROOT / "policies"
 

@@ -7,11 +7,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from core.settings import get_settings
 from core.terminal import console, err_console
+from tuning.registry import AdapterManifest
 
 tune_app = typer.Typer(help="Training data and adapter training.", no_args_is_help=True)
 adapters_app = typer.Typer(help="The adapter registry.", no_args_is_help=True)
@@ -189,15 +196,15 @@ def adapters_export(
         console.print(f"{version} merged into {folder}")
 
 
-def _summary(manifest: dict) -> dict:
-    metrics = manifest.get("metrics", {})
+def _summary(manifest: AdapterManifest) -> dict:
+    metrics = manifest.metrics
     adapter = metrics.get("compare", {}).get("adapter", {})
     loss = metrics.get("training", {}).get("eval_loss")
     pct = lambda v: "" if v is None else f"{v:.0%}"  # noqa: E731
     return {
-        "created_at": manifest.get("created_at", ""),
-        "method": manifest.get("method", "?"),
-        "dataset": (manifest.get("dataset_hash") or "")[:12],
+        "created_at": manifest.created_at,
+        "method": manifest.method or "?",
+        "dataset": (manifest.dataset_hash or "")[:12],
         "eval_loss": "" if loss is None else f"{loss:.3f}",
         "schema_valid": pct(adapter.get("schema_valid")),
         "refusal_accuracy": pct(adapter.get("refusal_accuracy")),
@@ -206,17 +213,18 @@ def _summary(manifest: dict) -> dict:
 
 def _print_record(record, as_json: bool) -> None:
     if as_json:
-        console.print_json(json.dumps({"version": record.version, "path": str(record.path), **record.manifest}))
+        console.print_json(json.dumps({"version": record.version, "path": str(record.path), **record.manifest.to_json()}))
         return
     m = record.manifest
-    training = m["metrics"]["training"]
+    training = m.metrics["training"]
+    base = m.base_model
     console.print(f"[bold]{record.version}[/]  {record.path}")
-    console.print(f"base {m['base_model']['name']} (sha256 {m['base_model']['sha256'][:12]}), {m['method']}, "
-                  f"dataset {m['dataset_hash'][:12]}, eval set {(m.get('eval_set_hash') or 'none')[:12]}")
+    console.print(f"base {base.name if base else '?'} (sha256 {((base.sha256 if base else None) or '?')[:12]}), {m.method}, "
+                  f"dataset {(m.dataset_hash or '?')[:12]}, eval set {(m.eval_set_hash or 'none')[:12]}")
     console.print(f"{training['steps']} steps ({training['stopped']}), {training['tokens']} tokens in "
                   f"{training['wall_s']} s = {training['tokens_per_s']} tok/s, held-out loss "
                   f"{training['eval_loss']} (best step {training['best_step']}), peak RSS {training['peak_rss_mib']} MiB")
-    compare = m["metrics"].get("compare") or {}
+    compare = m.metrics.get("compare") or {}
     if compare:
         _print_compare(compare)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.contract import AnswerFormatError, Answered, validate_answer
-from core.verify import citation_problems
+from core.contract import Answered, AnswerFormatError, validate_answer
 from core.errors import ConfigError
+from core.verify import citation_problems
 from tuning.pairs import Candidate, Rejection, TrainingPair, split_of
 
 _FIGURE = re.compile(r"\d+(?:[.,]\d+)*")

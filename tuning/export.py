@@ -17,14 +17,14 @@ def export_merged(record: AdapterRecord, out: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_dir = Path(record.manifest["base_model"]["path"])
+    base_dir = Path(record.manifest.base_model.path)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, record.path).merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
-    provenance = {"merged_from": record.version, "adapter_manifest": record.manifest}
+    provenance = {"merged_from": record.version, "adapter_manifest": record.manifest.to_json()}
     (tmp / "policyrag-merged.json").write_text(json.dumps(provenance, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -23,14 +23,15 @@ import json
 import random
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from core.contract import Answered, Citation, Escalated, Refused, refusal, render_answer
-from retrieval.acl import Principal, SearchFilters, build_acl_filter
+from retrieval.acl import Principal, SearchFilters, may_read
 from retrieval.retriever import Passage, Retriever
+from retrieval.store import ChunkPayload, stored_chunks
 from tuning.seeds import Seed
 
 Variant = Literal["original", "paraphrase", "rule_paraphrase", "shuffled", "distractor", "restricted"]
@@ -130,7 +131,7 @@ class PairBuilder:
         self.k = k
         self.narrow = SearchFilters(groups=tuple(audience))
         self.seed = seed
-        self._doc_acl: dict[str, dict] | None = None
+        self._doc_acl: dict[str, ChunkPayload] | None = None
 
     def build(self, seeds: Iterable[Seed]) -> tuple[list[Candidate], list[Rejection]]:
         candidates: list[Candidate] = []
@@ -210,14 +211,15 @@ class PairBuilder:
     def _restricted(self, seed: Seed, rng: random.Random) -> Candidate | Rejection:
         """The seed asked by someone who may not read its source (same region scope, so the
         refusal is about access and not about a regional variant of the policy)."""
-        acl = self._doc_acls().get(seed.doc_id or "")
-        if acl is None:
+        chunk = self._doc_chunks().get(seed.doc_id or "")
+        if chunk is None:
             return Rejection(seed.id, "restricted", "unknown_doc", f"document {seed.doc_id!r} is not indexed")
         outsiders = []
         for user_id in sorted(self.retriever.directory.users):
             who = self.retriever.principal(user_id)
-            same_scope = acl["region"] == "global" or who.region in ("global", acl["region"])
-            if same_scope and not build_acl_filter(who).matches(acl):
+            # in scope: the region would let them read it (asked with the document's own groups)
+            in_scope = may_read(replace(who, groups=chunk.groups), chunk.groups, chunk.region)
+            if in_scope and not may_read(who, chunk.groups, chunk.region):
                 outsiders.append(who)
         if not outsiders:
             return Rejection(seed.id, "restricted", "no_restricted_user",
@@ -246,15 +248,17 @@ class PairBuilder:
         return out
 
     def _readable_by_audience(self, doc_id: str) -> bool:
-        acl = self._doc_acls().get(doc_id)
-        return acl is not None and bool(set(acl["groups"]) & set(self.narrow.groups or ()))
+        """The training audience (settings.tuning_audience_groups, every region) may read it."""
+        chunk = self._doc_chunks().get(doc_id)
+        audience = Principal("tuning-audience", tuple(self.narrow.groups or ()), "global")
+        return chunk is not None and bool(audience.groups) and may_read(audience, chunk.groups, chunk.region)
 
-    def _doc_acls(self) -> dict[str, dict]:
-        """doc_id -> {groups, region} of the indexed (current) version, read from the store."""
+    def _doc_chunks(self) -> dict[str, ChunkPayload]:
+        """doc_id -> one chunk of its indexed (current) version, for its access metadata."""
         if self._doc_acl is None:
             self._doc_acl = {}
-            for _, payload in self.retriever.store.scroll(("doc_id", "groups", "region")):
-                self._doc_acl.setdefault(payload["doc_id"], {"groups": list(payload["groups"]), "region": payload["region"]})
+            for chunk in stored_chunks(self.retriever.store):
+                self._doc_acl.setdefault(chunk.doc_id, chunk)
         return self._doc_acl
 
 

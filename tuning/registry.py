@@ -31,13 +31,50 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.digest import sha256_file
 from core.errors import PolicyRagError
-from core.provision import sha256_file
 
 MANIFEST = "policyrag-adapter.json"
 _VERSION = re.compile(r"^v(\d+)$")
+
+
+class TrainedOn(BaseModel):
+    """The base model an adapter was trained on (core/provision.py's `BaseModelIdentity`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    path: str | None = None
+    sha256: str | None = None  # of the weights
+    source_sha256: str | None = None
+
+
+class AdapterManifest(BaseModel):
+    """`policyrag-adapter.json`: what an adapter is, what it was trained on and with, and the
+    hash of each of its files. Validated when written and when read."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: str
+    created_at: str = ""
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
+    base_model: TrainedOn | None = None
+    method: Literal["lora", "qlora"] | None = None
+    dataset_hash: str | None = None
+    dataset_path: str | None = None
+    prompt_fingerprint: str | None = None
+    eval_set_hash: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict, description="tuning/config.py's TrainConfig")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="training curve and base-vs-adapter compare")
+    versions: dict[str, str] = Field(default_factory=dict, description="library versions")
+    broken: bool = Field(False, description="listed, but its manifest is missing")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"broken"} if not self.broken else None)
 
 
 class RegistryError(PolicyRagError):
@@ -62,11 +99,11 @@ class PromotionRefused(RegistryError):
 class AdapterRecord:
     version: str
     path: Path
-    manifest: dict[str, Any]
+    manifest: AdapterManifest
 
     @property
     def created_at(self) -> str:
-        return self.manifest.get("created_at", "")
+        return self.manifest.created_at
 
 
 class AdapterRegistry:
@@ -86,19 +123,20 @@ class AdapterRegistry:
             shutil.rmtree(folder, ignore_errors=True)
 
     def register(self, staged: Path, manifest: dict[str, Any]) -> AdapterRecord:
-        """Hash the staged files, write the manifest, move the folder in as the next version."""
+        """Hash the staged files, write the manifest (`manifest`'s fields plus version, date and
+        file hashes; an `AdapterManifest`), move the folder in as the next version."""
         files = {p.name: sha256_file(p) for p in sorted(staged.iterdir()) if p.is_file() and p.name != MANIFEST}
         if "adapter_config.json" not in files:
             raise RegistryError(f"{staged} holds no adapter (adapter_config.json missing); nothing registered")
         with self._lock():
             version = f"v{max(self._numbers(), default=0) + 1}"
-            full = {
+            full = AdapterManifest.model_validate({
                 **manifest,
                 "version": version,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": files,
-            }
-            (staged / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+            })
+            (staged / MANIFEST).write_text(json.dumps(full.to_json(), indent=2, sort_keys=True) + "\n")
             target = self.root / version
             os.replace(staged, target)  # one rename: the version appears complete or not at all
             staged.mkdir()  # the staging context removes it again
@@ -152,7 +190,10 @@ class AdapterRegistry:
         out = []
         for version in self.versions():
             path = self.root / version / MANIFEST
-            manifest = json.loads(path.read_text()) if path.exists() else {"version": version, "broken": True}
+            try:
+                manifest = AdapterManifest.model_validate_json(path.read_text())
+            except (OSError, ValidationError):
+                manifest = AdapterManifest(version=version, broken=True)
             out.append(AdapterRecord(version, self.root / version, manifest))
         return out
 
@@ -178,10 +219,10 @@ class AdapterRegistry:
             known = ", ".join(self.versions()) or "none"
             raise AdapterNotFound(f"no adapter {version!r} in {self.root} (known: {known})")
         try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            manifest = AdapterManifest.model_validate_json((folder / MANIFEST).read_text())
+        except (OSError, ValidationError) as exc:
             raise AdapterCorrupted(f"adapter {version}: manifest unreadable ({exc}); retrain or restore it") from None
-        for name, expected in manifest.get("files", {}).items():
+        for name, expected in manifest.files.items():
             path = folder / name
             if not path.exists():
                 raise AdapterCorrupted(f"adapter {version}: {name} is missing; retrain or restore it")

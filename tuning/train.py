@@ -6,7 +6,6 @@ promotes (promotion is `policyrag adapters promote`, behind the eval gate).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import resource
 import time
@@ -15,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from core.digest import sha256_file
 from core.prompt import prompt_fingerprint
+from core.provision import base_model_identity
 from core.settings import Settings
 from tuning.compare import generate_answers, pick_compare_items, score_outputs
 from tuning.config import TrainConfig
@@ -25,27 +26,6 @@ from tuning.registry import AdapterRecord, AdapterRegistry
 from tuning.trainer import StepInfo, load_for_training, train_loop
 
 logger = logging.getLogger(__name__)
-
-
-def base_model_identity(settings: Settings) -> tuple[Path, dict]:
-    """The base model folder and its identity (name, weights sha256, source sha256)."""
-    from core.provision import provision_base_model, sha256_file
-
-    if settings.base_model_path is not None:
-        folder, name, source = settings.base_model_path, settings.base_model_path.name, None
-    else:
-        info = provision_base_model(settings)
-        folder, name, source = Path(info.path), info.name, info.source_sha256
-    weights = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
-        weights.update(sha256_file(path).encode())
-    return folder, {"name": name, "path": str(folder), "sha256": weights.hexdigest(), "source_sha256": source}
-
-
-def file_sha256(path: Path) -> str | None:
-    from core.provision import sha256_file
-
-    return sha256_file(path) if path.exists() else None
 
 
 def train_adapter(
@@ -75,7 +55,7 @@ def train_adapter(
     if too_long:
         logger.warning("%d pairs longer than max_seq_len=%d skipped", len(too_long), config.max_seq_len)
 
-    on_stage(f"loading {base['name']} with LoRA r={config.rank}")
+    on_stage(f"loading {base.name} with LoRA r={config.rank}")
     model, quantized = load_for_training(base_dir, config)
     with registry.staging() as staged:
         on_stage(f"training on {len(train)} pairs ({len(heldout)} held out)")
@@ -90,12 +70,12 @@ def train_adapter(
             compare = compare_with_base(model, tokenizer, items, max_new_tokens=config.compare_max_new_tokens,
                                         mergeable=not quantized)
         manifest = {
-            "base_model": base,
+            "base_model": base.as_dict(),
             "method": "qlora" if quantized else "lora",
             "dataset_hash": dataset_hash,
             "prompt_fingerprint": prompt_fingerprint(),
             "dataset_path": str(folder),
-            "eval_set_hash": file_sha256(settings.gold_set_file),
+            "eval_set_hash": sha256_file(settings.gold_set_file) if settings.gold_set_file.exists() else None,
             "config": config.to_json(),
             "metrics": {
                 "training": {
@@ -143,9 +123,9 @@ def compare_registered(settings: Settings, version: str, *, items: int, max_new_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     record = (registry or AdapterRegistry(settings.adapters_dir)).load(version)
-    pairs, _ = load_dataset(Path(record.manifest["dataset_path"]))
+    pairs, _ = load_dataset(Path(record.manifest.dataset_path))
     chosen = pick_compare_items([p for p in pairs if p.split == "heldout"], items)
-    base_dir = Path(record.manifest["base_model"]["path"])
+    base_dir = Path(record.manifest.base_model.path)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), record.path)
     return compare_with_base(model, tokenizer, chosen, max_new_tokens=max_new_tokens, mergeable=True)

@@ -37,18 +37,18 @@ def copy_data(source: Path, dest: Path) -> Path:
 
 def train_tiny_adapter(settings: Settings, embedder) -> str:
     """Train, register and promote a tiny adapter; returns its version."""
+    from peft import set_peft_model_state_dict
     from transformers import AutoTokenizer
 
     from core.contract import Answered, Citation, render_answer
+    from core.prompt import prompt_fingerprint
+    from core.provision import base_model_identity
     from retrieval.retriever import Retriever
     from tuning.config import TrainConfig
     from tuning.examples import encode_pair
     from tuning.pairs import ContextPassage, TrainingPair
     from tuning.registry import AdapterRegistry
-    from tuning.train import base_model_identity
     from tuning.trainer import load_for_training, train_loop
-    from peft import set_peft_model_state_dict
-    from core.prompt import prompt_fingerprint
 
     retriever = Retriever.from_settings(settings, embedder=embedder)
     try:
@@ -78,7 +78,7 @@ def train_tiny_adapter(settings: Settings, embedder) -> str:
     registry = AdapterRegistry(settings.adapters_dir)
     with registry.staging() as staged:
         model.save_pretrained(staged)
-        record = registry.register(staged, {"base_model": base, "prompt_fingerprint": prompt_fingerprint(),
+        record = registry.register(staged, {"base_model": base.as_dict(), "prompt_fingerprint": prompt_fingerprint(),
                                             "method": "lora", "config": config.to_json()})
     registry.promote(record.version, force=True, reason="test fixture")
     return record.version
@@ -98,7 +98,7 @@ def register_copy(data: Path, source: str = "v1", **manifest) -> str:
     with registry.staging() as staged:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(data / "adapters" / source / name, staged / name)
-        return registry.register(staged, {"base_model": registry.load(source).manifest["base_model"], **manifest}).version
+        return registry.register(staged, {"base_model": registry.load(source).manifest.base_model.model_dump(), **manifest}).version
 
 
 @contextlib.contextmanager

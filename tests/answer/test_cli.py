@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from policyrag.cli import app
 from core.settings import get_settings
+from policyrag.cli import app
 from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED, copy_data
 
 runner = CliRunner()

@@ -102,7 +102,7 @@ def test_promotion_and_rollback_apply_without_a_restart(vllm_service, vllm_clien
     with registry.staging() as staged:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(v1.path / name, staged / name)
-        manifest = {k: v for k, v in v1.manifest.items() if k not in ("version", "created_at", "files")}
+        manifest = v1.manifest.model_dump(exclude={"version", "created_at", "files", "broken"})
         v2 = registry.register(staged, manifest)
     pid = server.pid
     registry.promote(v2.version, force=True, reason="test")
@@ -156,16 +156,16 @@ def test_ragas_llm_judged_metrics_parse_from_a_small_json_schema_constrained_vll
         "data_dir": tmp_path / "data", "gold_set_file": gold, "eval_judge_url": server.url,
         "eval_judge_model": "base", "eval_judge_items": 1, "eval_judge_max_tokens": 256})
     out = run_eval(settings, service=vllm_service, adapter="v1")
-    run, rows = load_run(settings, out["run_id"])
-    assert run["judge"]["model"] == "base" and run["judge"]["url"] == server.url and run["judge"]["items_judged"] == 1
+    run, rows = load_run(settings, out.run_id)
+    assert run.judge["model"] == "base" and run.judge["url"] == server.url and run.judge["items_judged"] == 1
     judged = rows[0]["ragas"]
     assert rows[0]["answer"], "the tiny adapter answers this question (see test_the_hr_endpoint...)"
-    failed = {e.split(":")[0] for f in run["judge"]["failures"] for e in f["errors"]}
+    failed = {e.split(":")[0] for f in run.judge["failures"] for e in f["errors"]}
     for key in ("faithfulness", "response_relevancy", "llm_context_precision", "llm_context_recall"):
-        assert (judged[key] is not None and 0.0 <= judged[key] <= 1.0) or key in failed, (key, run["judge"])
+        assert (judged[key] is not None and 0.0 <= judged[key] <= 1.0) or key in failed, (key, run.judge)
     assert sum(judged[key] is not None for key in ("faithfulness", "response_relevancy", "llm_context_precision",
                                                    "llm_context_recall")) >= 2
-    assert out["summary"]["ragas_response_relevancy"] == judged["response_relevancy"]
+    assert out.summary["ragas_response_relevancy"] == judged["response_relevancy"]
 
 
 def test_the_model_server_dies_with_the_process_that_started_it(tmp_path):

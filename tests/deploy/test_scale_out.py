@@ -15,8 +15,8 @@ import pytest
 from pydantic import ValidationError
 from qdrant_client import QdrantClient
 
-from retrieval.embed import SparseVector
 from core.settings import Settings
+from retrieval.embed import SparseVector
 from retrieval.store import DENSE_DIM, StoredPoint
 from retrieval.store_factory import open_store
 

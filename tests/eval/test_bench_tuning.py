@@ -1,8 +1,8 @@
 """The tuning benchmark harness runs both trainers on the same examples and reports figures."""
 
 from core.settings import get_settings
-from tuning.dataset import DatasetReport, write_dataset
 from tests.tuning.test_trainer import pairs
+from tuning.dataset import DatasetReport, write_dataset
 
 
 def test_both_trainers_run_on_the_same_tokens_and_report_speed_and_memory(base_model_dir, tuning_settings, monkeypatch):

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from eval.checklist import ALERT_RULES, run_checklist
 from core.errors import ConfigError
 from core.settings import Settings, get_settings
+from eval.checklist import ALERT_RULES, run_checklist
 from tests.answer.helpers import CARRY_OVER, copy_data, register_copy
 
 

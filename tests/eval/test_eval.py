@@ -11,11 +11,24 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eval.gold import load_gold_set
-from eval.metrics import aggregate, citation_scores, exact_match, retrieval_scores, token_f1
 from core.errors import ConfigError
 from core.settings import PROJECT_ROOT, Settings, get_settings
-from tests.answer.helpers import CARRY_OVER, CARRY_OVER_ANSWER, CARRY_OVER_QUOTE, RESTRICTED, copy_data, register_copy
+from eval.gold import load_gold_set
+from eval.metrics import (
+    aggregate,
+    citation_scores,
+    exact_match,
+    retrieval_scores,
+    token_f1,
+)
+from tests.answer.helpers import (
+    CARRY_OVER,
+    CARRY_OVER_ANSWER,
+    CARRY_OVER_QUOTE,
+    RESTRICTED,
+    copy_data,
+    register_copy,
+)
 
 GOLD = PROJECT_ROOT / "policies" / "_eval" / "gold.jsonl"
 runner = CliRunner()
@@ -143,7 +156,7 @@ def test_a_run_scores_real_answers(eval_run):
 
     settings, out = eval_run
     run, rows = load_run(settings)
-    assert run["run_id"] == out["run_id"] and run["complete"] and run["adapter"] == "v1"
+    assert run.run_id == out.run_id and run.complete and run.adapter == "v1"
     by_id = {r["id"]: r for r in rows if r["run"] == "candidate"}
     a1 = by_id["a1"]
     assert a1["status"] == "answered" and a1["citation_precision"] == 1.0 and a1["citation_recall"] == 1.0
@@ -151,12 +164,12 @@ def test_a_run_scores_real_answers(eval_run):
     r1 = by_id["r1"]
     assert r1["status"] == "refused" and not r1["model_called"] and r1["leaks"] == []
     assert by_id["x1"]["leaks"] == ["8 days"]  # the leak check fires on forbidden text
-    s = out["summary"]
+    s = out.summary
     assert s["acl_leaks"] == 1 and s["schema_validity"] == 1.0 and s["refusal_recall"] == 0.5
-    assert out["baseline"] == "base" and out["baseline_summary"]["items"] == 3
-    assert "status_accuracy" in out["deltas"]
-    assert out["versions"]["eval_set"] == run["set"]["hash"] and len(out["versions"]["documents"]) == 29
-    audit = (settings.data_dir / "eval" / "runs" / out["run_id"] / "audit" / "audit.jsonl").read_text()
+    assert out.baseline == "base" and out.baseline_summary["items"] == 3
+    assert "status_accuracy" in out.deltas
+    assert out.versions.eval_set == run.set.hash and len(out.versions.documents) == 29
+    audit = (settings.data_dir / "eval" / "runs" / out.run_id / "audit" / "audit.jsonl").read_text()
     assert audit.count("\n") == 6  # the run's own audit trail, not the service's
     # ragas non-LLM metrics: the right answer from the right passage scores high; the reference
     # contexts are the expected section's text read from the store
@@ -164,7 +177,7 @@ def test_a_run_scores_real_answers(eval_run):
     assert a1["ragas"]["context_precision"] > 0.3
     assert r1["ragas"]["rouge_l"] is None and r1["ragas"]["context_recall"] is None  # nothing expected
     assert s["ragas_rouge_l"] == a1["ragas"]["rouge_l"] and s["ragas_faithfulness"] is None
-    assert run["judge"] is None and "ragas_rouge_l" in out["baseline_summary"]
+    assert run.judge is None and "ragas_rouge_l" in out.baseline_summary
 
 
 def test_the_gate_refuses_on_leaks_and_low_refusal_recall_and_without_a_run(eval_run):
@@ -295,8 +308,8 @@ def test_an_external_set_runs_through_the_pipeline_in_its_own_index(service, tmp
     gold_points = service.pipeline.retriever.store.count()
 
     out = run_external(settings, folder, service=service, adapter="v1")
-    run, rows = load_run(settings, out["run_id"])
-    assert run["set"]["name"] == "external:tinyset" and run["external"]["documents"] == 2
+    run, rows = load_run(settings, out.run_id)
+    assert run.set.name == "external:tinyset" and run.external["documents"] == 2
     q1 = next(r for r in rows if r["id"] == "q1")
     assert q1["passages"][0]["doc_id"] == "acme-com" and q1["retrieval"]["recall_at_k"] == 1.0
     assert q1["ragas"]["context_recall"] == 1.0  # the evidence, scrubbed like the index, is retrieved

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ingest.pipeline import Ingestor
 from core.settings import Settings
+from ingest.pipeline import Ingestor
 from tests.conftest import write_policy
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ def run_ingest(root, data_dir, fault=None, timeout=300):
     if fault:
         env["POLICYRAG_FAULT_INJECT"] = fault
     return subprocess.run(
-        [sys.executable, "-m", "ingest", "ingest", str(root), "--json"],
+        [sys.executable, "-m", "policyrag", "ingest", str(root), "--json"],
         env=env, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -76,7 +76,7 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path, corpus_copy, embedde
     env = {**os.environ, "POLICYRAG_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
     for _ in range(3):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest", "ingest", str(corpus_copy), "--json"],
+            [sys.executable, "-m", "policyrag", "ingest", str(corpus_copy), "--json"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         time.sleep(rng.uniform(4.0, 16.0))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.manifest import Manifest
 from core.settings import Settings
+from ingest.manifest import Manifest
 from retrieval.store_factory import open_store
 from tests.conftest import write_policy
 
@@ -33,7 +33,7 @@ def small_disk(tmp_path):
 
 def ingest(folder: Path, data: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "POLICYRAG_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "ingest", "ingest", str(folder)], env=env,
+    return subprocess.run([sys.executable, "-m", "policyrag", "ingest", str(folder)], env=env,
                           capture_output=True, text=True, timeout=600)
 
 

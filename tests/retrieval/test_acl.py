@@ -7,16 +7,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retrieval.embed import SparseVector
 from retrieval.acl import (
     NoGroups,
     Principal,
     SearchFilters,
     UnknownUser,
     build_acl_filter,
+    may_read,
     resolve_principal,
 )
 from retrieval.directory import Directory
+from retrieval.embed import SparseVector
 from retrieval.retriever import Retriever
 from retrieval.store import StoredPoint
 from retrieval.store_edge import EdgeStore
@@ -149,3 +150,12 @@ def test_unknown_user_and_user_without_groups_are_errors():
         resolve_principal(directory, "mallory")
     with pytest.raises(NoGroups, match="ghost"):
         resolve_principal(directory, "ghost")
+
+
+@settings(max_examples=300, deadline=None)
+@given(principal=principals, groups=st.sets(st.sampled_from(GROUPS), min_size=1, max_size=3), region=st.sampled_from(REGIONS))
+def test_may_read_is_the_rule_the_store_query_enforces(principal, groups, region):
+    """Eval's leak check and tuning's audience check ask `may_read`; it must agree with the
+    independent statement of the rule that the store-query property test above uses."""
+    payload = {"groups": sorted(groups), "region": region}
+    assert may_read(principal, sorted(groups), region) == allowed(principal, payload, None)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ingest.pipeline import Ingestor
 from core.settings import Settings
+from ingest.pipeline import Ingestor
 from retrieval.acl import SearchFilters, UnknownUser
 from retrieval.directory import load_directory
 from retrieval.retriever import Retriever

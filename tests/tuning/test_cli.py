@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from policyrag.cli import app
 from core.settings import get_settings
+from policyrag.cli import app
 
 runner = CliRunner()
 

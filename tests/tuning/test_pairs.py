@@ -3,7 +3,9 @@ documents outside the training audience."""
 
 import json
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from retrieval.acl import build_acl_filter
 from tuning.pairs import PairBuilder, split_of
@@ -53,8 +55,8 @@ def test_restricted_variant_refuses_for_a_user_who_may_not_read_the_source(corpu
     for c in restricted:
         assert c.target.status == "refused" and c.target.reason == "no_authorized_source"
         who = corpus_retriever.principal(c.user)
-        acl = _builder(corpus_retriever)._doc_acls()[c.seed.doc_id]
-        assert not build_acl_filter(who).matches(acl)
+        chunk = _builder(corpus_retriever)._doc_chunks()[c.seed.doc_id]
+        assert not build_acl_filter(who).matches(chunk.to_store())
         assert all(p.doc_id != c.seed.doc_id for p in c.context)
     # the pay-bands seed is outside the audience: no answered pair, and the reason is reported
     assert not [c for c in candidates if c.seed.id == "band" and c.variant != "restricted"]
@@ -86,12 +88,12 @@ def test_no_training_text_comes_from_restricted_documents(corpus_retriever):
 )
 def test_training_contexts_hold_only_what_the_user_and_the_audience_may_read(corpus_retriever, user, question):
     builder = _builder(corpus_retriever)
-    acls = builder._doc_acls()
+    chunks = builder._doc_chunks()
     who = corpus_retriever.principal(user)
     for passage in builder._context(question, user):
-        acl = acls[passage.doc_id]
-        assert build_acl_filter(who).matches(acl)
-        assert set(acl["groups"]) & {"all-staff", "contractors"}
+        chunk = chunks[passage.doc_id]
+        assert build_acl_filter(who).matches(chunk.to_store())
+        assert set(chunk.groups) & {"all-staff", "contractors"}
 
 
 def test_held_out_split_is_per_seed_and_stable():

@@ -6,7 +6,13 @@ import multiprocessing
 
 import pytest
 
-from tuning.registry import AdapterCorrupted, AdapterNotFound, AdapterRegistry, PromotionRefused, RegistryError
+from tuning.registry import (
+    AdapterCorrupted,
+    AdapterNotFound,
+    AdapterRegistry,
+    PromotionRefused,
+    RegistryError,
+)
 
 
 def _register(registry, payload=b"weights"):
@@ -20,8 +26,8 @@ def test_registered_adapters_get_sequential_versions_and_hashed_files(tmp_path):
     registry = AdapterRegistry(tmp_path / "adapters")
     first, second = _register(registry), _register(registry, b"other")
     assert (first.version, second.version) == ("v1", "v2")
-    assert set(first.manifest["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
-    assert registry.load("v2").manifest["files"] == second.manifest["files"]
+    assert set(first.manifest.files) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert registry.load("v2").manifest.files == second.manifest.files
     assert not list((tmp_path / "adapters" / ".staging").iterdir())
 
 

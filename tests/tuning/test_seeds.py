@@ -6,7 +6,13 @@ import pytest
 
 from core.errors import ConfigError
 from core.settings import Settings
-from tuning.seeds import GoldOverlapError, Seed, check_gold_overlap, load_gold_questions, load_seeds
+from tuning.seeds import (
+    GoldOverlapError,
+    Seed,
+    check_gold_overlap,
+    load_gold_questions,
+    load_seeds,
+)
 
 
 def test_bad_seed_items_are_named_by_position_and_id(tmp_path):

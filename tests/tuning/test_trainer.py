@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from core.contract import render_answer, refusal
+from core.contract import refusal, render_answer
 from tuning.config import TrainConfig
 from tuning.dataset import DatasetReport, write_dataset
 from tuning.examples import IGNORE, Example, batches, collate, encode_pair
@@ -104,12 +104,12 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
 
     assert record.version == "v1" and registry.promoted_version() is None
     m = record.manifest
-    assert m["dataset_hash"].startswith(folder.name) and m["base_model"]["name"] == "SmolLM2-135M-Instruct"
-    assert len(m["base_model"]["sha256"]) == 64 and m["config"]["max_steps"] == 3
-    assert m["metrics"]["training"]["steps"] == 3 and m["metrics"]["training"]["eval_loss"] is not None
-    assert m["metrics"]["compare"]["items"] == 2 and "schema_valid" in m["metrics"]["compare"]["adapter"]
+    assert m.dataset_hash.startswith(folder.name) and m.base_model.name == "SmolLM2-135M-Instruct"
+    assert len(m.base_model.sha256) == 64 and m.config["max_steps"] == 3
+    assert m.metrics["training"]["steps"] == 3 and m.metrics["training"]["eval_loss"] is not None
+    assert m.metrics["compare"]["items"] == 2 and "schema_valid" in m.metrics["compare"]["adapter"]
     assert [s.step for s in steps] == [1, 2, 3] and steps[-1].tokens_per_s > 0
-    assert registry.load("v1").manifest["files"]["adapter_model.safetensors"]
+    assert registry.load("v1").manifest.files["adapter_model.safetensors"]
 
     # merged export computes what base + adapter computes
     out = export_merged(record, tuning_settings.data_dir / "merged")

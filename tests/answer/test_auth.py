@@ -1,23 +1,15 @@
-"""Credentials → principal, the audit log, and the follow-up rule (no model needed)."""
+"""answer/auth.py: API keys, demo keys, JWTs, and the credential errors."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import multiprocessing
 import time
-from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypothesis import given
-from hypothesis import strategies as st
 
-from answer.audit import AuditLog, AuditRecord
 from answer.auth import ApiKeyStore, Authenticator, Unauthenticated, hash_key
-from answer.pipeline import rewrite_follow_up
 from core.errors import ConfigError
 from core.settings import PROJECT_ROOT, Settings
 from retrieval.acl import UnknownUser
@@ -95,76 +87,3 @@ def test_missing_or_malformed_headers_say_what_to_send(auth):
     for header in (None, "", "Basic xyz", "Bearer "):
         with pytest.raises(Unauthenticated, match="Bearer"):
             auth.principal_for(header)
-
-
-# -- audit log ----------------------------------------------------------------------------------
-
-
-def record(user: str, n: int, at: dt.datetime | None = None) -> AuditRecord:
-    at = at or dt.datetime.now(dt.timezone.utc)
-    return AuditRecord(kind="answer", endpoint="test", at=at.isoformat(), user=user, question=f"q{n}")
-
-
-def _n(read: dict) -> int:
-    return int(read["question"][1:])
-
-
-def test_the_audit_log_rotates_and_reads_back_every_record_in_order(tmp_path):
-    log = AuditLog(tmp_path, max_bytes=2_000, backups=50)
-    for n in range(100):
-        log.append(record("alice" if n % 2 else "bob", n))
-    assert len(log.files()) > 3
-    assert [_n(r) for r in log.read()] == list(range(100))
-    assert [_n(r) for r in log.read(user="alice")] == list(range(1, 100, 2))
-    assert oct(log.path.stat().st_mode & 0o777) == "0o600"
-
-
-def test_the_audit_log_filters_by_date(tmp_path):
-    log = AuditLog(tmp_path)
-    day = dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)
-    for n in range(5):
-        log.append(record("alice", n, day + dt.timedelta(days=n)))
-    got = log.read(since=day + dt.timedelta(days=1), until=day + dt.timedelta(days=3))
-    assert [_n(r) for r in got] == [1, 2]
-
-
-def _write_many(folder: str, who: str) -> None:
-    log = AuditLog(Path(folder), max_bytes=4_000, backups=1000)
-    for n in range(60):
-        log.append(record(who, n))
-
-
-def test_concurrent_writers_in_several_processes_lose_no_record(tmp_path):
-    """The service and a CLI `ask` may write at once, across rotations."""
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), f"w{i}")) for i in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    records = list(AuditLog(tmp_path, backups=1000).read())
-    assert len(records) == 180
-    for i in range(3):
-        assert [_n(r) for r in records if r["user"] == f"w{i}"] == list(range(60))
-    for path in AuditLog(tmp_path).files():
-        for line in path.read_text().splitlines():
-            json.loads(line)  # no interleaved or torn line
-
-
-# -- follow-ups ---------------------------------------------------------------------------------
-
-
-def test_follow_ups_are_joined_to_the_previous_question_and_others_stand_alone():
-    prev = ["How many days of annual leave can I carry over?"]
-    assert rewrite_follow_up("What about contractors?", prev) == f"{prev[0]} Follow-up: What about contractors?"
-    assert rewrite_follow_up("Does that apply in Germany too?", prev).startswith(prev[0])
-    standalone = "What is the maximum hotel rate for a business trip to London?"
-    assert rewrite_follow_up(standalone, prev) == standalone
-    assert rewrite_follow_up("and  if I am  part-time?", []) == "and if I am part-time?"
-
-
-@given(st.text(min_size=1, max_size=200), st.lists(st.text(min_size=1, max_size=80), max_size=3))
-def test_a_rewrite_always_keeps_the_question(question, previous):
-    out = rewrite_follow_up(question, previous)
-    assert " ".join(question.split()) in out

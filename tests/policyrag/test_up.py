@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from policyrag.up import plan
 from core.settings import Settings
+from policyrag.up import plan
 from tests.answer.helpers import CARRY_OVER, RESTRICTED, copy_data, free_port
 
 
@@ -61,7 +61,7 @@ def test_a_second_run_serves_prints_a_working_curl_and_stops_on_ctrl_c(answer_da
     port = free_port()
     env = {**os.environ, "POLICYRAG_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "up", "--backend", "local", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "policyrag", "up", "--backend", "local", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
