@@ -14,7 +14,15 @@ cannot reveal a restricted document:
 - `no_authorized_source`: none of the passages the user may read covers the subject;
 - `not_in_policy`: the passages cover the subject but do not state the point asked;
 - `out_of_scope`: not a question about company policy.
-`needs_human` goes with `escalate`: the asker's own case (discipline, health, pay dispute).
+`needs_human` goes with `escalate`: what needs a person's decision about the asker's own case (a
+dispute, a complaint, discipline, their own health or pay case).
+
+Answered vs escalate, the rule users meet most: a question that describes the asker's situation
+and asks what the policy says for it ("I work three days a week and started in March; can I carry
+over leave?") is `answered`, with the policy's conditions and figures, cited. It becomes
+`escalate` only when what is asked needs someone to decide (e.g. "my manager refused my leave and I
+think it is unfair"). The gold set tests both sides (`forms: ["situation_first"]` items, answered
+and escalated).
 """
 
 from __future__ import annotations

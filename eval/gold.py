@@ -20,6 +20,10 @@ from core.errors import ConfigError
 
 Category = Literal["answerable", "not_in_policy", "no_source", "out_of_scope", "restricted",
                    "personal_case", "version_sensitive", "multi_turn"]
+# how the question is asked (the forms real users use; an item may have several): the situation
+# first then "does the rule apply to me?" (answered with the policy's conditions, unless it needs a
+# person's decision: then escalate), a yes/no question, a number, a deadline, a follow-up turn
+Form = Literal["situation_first", "yes_no", "number", "deadline", "follow_up"]
 
 
 class GoldSource(BaseModel):
@@ -56,6 +60,7 @@ class GoldItem(BaseModel):
     turns: tuple[str, ...] = ()
     expected: GoldExpected
     forbidden: tuple[str, ...] = ()
+    forms: tuple[Form, ...] = ()
     notes: str = ""
 
 

@@ -107,6 +107,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "token_f1": _mean([r["token_f1"] for r in subset if r["token_f1"] is not None]),
             "leaks": sum(bool(r["leaks"]) for r in subset),
         }
+    expected_escalate = [r for r in rows if r["expected_status"] == "escalate"]
+    predicted_escalate = [r for r in rows if r["status"] == "escalate"]
     return {
         "items": n,
         "schema_validity": _mean([float(r["schema_valid"]) for r in generated]) if generated else 1.0,
@@ -124,6 +126,13 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if predicted_refused else None,
         "refusal_recall": round(sum(r["status"] == "refused" for r in expected_refused) / len(expected_refused), 4)
         if expected_refused else None,
+        "escalation_precision": round(sum(r["expected_status"] == "escalate" for r in predicted_escalate) / len(predicted_escalate), 4)
+        if predicted_escalate else None,
+        "escalation_recall": round(sum(r["status"] == "escalate" for r in expected_escalate) / len(expected_escalate), 4)
+        if expected_escalate else None,
+        # answerable questions answered with a passage of an expected source cited
+        "answered_with_source": _mean([float(r["status"] == "answered" and (r.get("citation_recall") or 0) > 0)
+                                       for r in answerable]),
         "retrieval_recall_at_k": _mean([r["retrieval"]["recall_at_k"] for r in with_sources]),
         "retrieval_mrr": _mean([r["retrieval"]["mrr"] for r in with_sources]),
         "retrieval_ndcg": _mean([r["retrieval"]["ndcg"] for r in with_sources]),
@@ -131,7 +140,30 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "latency_p95_ms": round(percentile([r["latency_ms"] for r in rows], 0.95), 1) if rows else None,
         "tokens_per_answer": _mean([float(r["completion_tokens"]) for r in generated]),
         "by_category": by_category,
+        "by_form": _by_form(rows),
     }
+
+
+def _by_form(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The headline figures per question form, and for the items that carry no form (the gold
+    set as first locked), so a grown set can be compared with the original one."""
+    groups: dict[str, list[dict[str, Any]]] = {"original": [r for r in rows if not r.get("forms")]}
+    for r in rows:
+        for form in r.get("forms") or ():
+            groups.setdefault(form, []).append(r)
+    out = {}
+    for name, subset in groups.items():
+        if not subset:
+            continue
+        answerable = [r for r in subset if r["expected_status"] == "answered"]
+        out[name] = {
+            "items": len(subset),
+            "status_accuracy": _mean([float(r["status_ok"]) for r in subset]),
+            "answered_with_source": _mean([float(r["status"] == "answered" and (r.get("citation_recall") or 0) > 0)
+                                           for r in answerable]) if answerable else None,
+            "token_f1": _mean([r["token_f1"] for r in answerable if r["token_f1"] is not None]) if answerable else None,
+        }
+    return out
 
 
 # higher is better for these; the gate compares them with the promoted adapter's run

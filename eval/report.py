@@ -34,6 +34,9 @@ METRICS = [
     ("acl_leaks", "ACL leaks (must be 0)", "int"),
     ("refusal_precision", "Refusal precision", "pct"),
     ("refusal_recall", "Refusal recall", "pct"),
+    ("escalation_precision", "Escalation precision", "pct"),
+    ("escalation_recall", "Escalation recall", "pct"),
+    ("answered_with_source", "Answerable: answered, an expected source cited", "pct"),
     ("retrieval_recall_at_k", "Retrieval recall@k", "pct"),
     ("retrieval_mrr", "Retrieval MRR", "num"),
     ("retrieval_ndcg", "Retrieval nDCG", "num"),
@@ -64,6 +67,26 @@ def _fmt(value: Any, kind: str) -> str:
 
 def _e(text: Any) -> str:
     return html.escape(str(text))
+
+
+def _forms_table(by_form: dict[str, dict]) -> str:
+    """Per question form (situation first, yes/no, number, deadline, follow-up) and the items of
+    the set as first locked ("original"), so a grown set is read against the original one."""
+    if set(by_form) <= {"original"}:
+        return ""
+
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}%"
+
+    def num(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    rows = "".join(
+        f"<tr><td>{_e(name)}</td><td>{f['items']}</td><td>{pct(f['status_accuracy'])}</td>"
+        f"<td>{pct(f['answered_with_source'])}</td><td>{num(f['token_f1'])}</td></tr>"
+        for name, f in sorted(by_form.items(), key=lambda kv: (kv[0] != "original", kv[0])))
+    return ("<h2>Per question form</h2><table><tr><th>form</th><th>items</th><th>status accuracy</th>"
+            f"<th>answerable answered with a right source</th><th>token F1</th></tr>{rows}</table>")
 
 
 def _bars(categories: dict[str, dict], baseline: dict[str, dict] | None) -> str:
@@ -231,6 +254,7 @@ refusal recall ≥ {settings.gate_min_refusal_recall:.0%}, status accuracy ≥ {
 <div class="grid"><div><h2>Status accuracy per category</h2>{_bars(s['by_category'], baseline_categories)}
 {'<p><small>grey: baseline</small></p>' if baseline_categories else ''}</div>
 <div><h2>Latency distribution</h2>{_histogram([r['latency_ms'] for r in candidate_rows])}</div></div>
+{_forms_table(s.get('by_form') or {})}
 <h2>Human review</h2>
 {review_html}
 <h2>Failed items ({len(failed)} of {len(candidate_rows)})</h2>

@@ -110,8 +110,8 @@ def score_item(item: GoldItem, result: AnswerResult, forbidden: list[str], k: in
     answer = result.answer
     leaks = leaked(response_text(result), [*item.forbidden, *forbidden])
     row = {
-        "id": item.id, "category": item.category, "user": item.user, "question": item.question,
-        "turns": list(item.turns), "query": result.query,
+        "id": item.id, "category": item.category, "forms": list(item.forms), "user": item.user,
+        "question": item.question, "turns": list(item.turns), "query": result.query,
         "expected_status": expected.status, "expected_reason": expected.reason,
         "expected_answer": expected.answer, "expected_sources": sources,
         "status": answer.status, "reason": answer.reason, "answer": answer.answer,

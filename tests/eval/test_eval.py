@@ -319,3 +319,46 @@ def test_an_external_set_runs_through_the_pipeline_in_its_own_index(service, tmp
     assert set_folders(tmp_path) == [folder]
     with pytest.raises(ConfigError, match="no external set"):
         set_folders(tmp_path / "data")
+
+
+def _row(expected: str, got: str, *, forms=(), recall=None, f1=None) -> dict:
+    return {"expected_status": expected, "status": got, "status_ok": expected == got, "reason_ok": expected == got,
+            "model_called": True, "schema_valid": True, "retrieval": None, "raw_citations": 1, "raw_valid_citations": 1,
+            "repaired": False, "leaks": [], "exact_match": 0.0 if expected == "answered" else None,
+            "token_f1": f1, "citation_precision": recall, "citation_recall": recall, "latency_ms": 10.0,
+            "completion_tokens": 5, "category": "answerable", "forms": list(forms)}
+
+
+def test_escalation_answered_with_source_and_the_forms_are_measured_apart():
+    rows = [
+        _row("answered", "answered", recall=1.0, f1=0.8),                                  # original
+        _row("answered", "refused", recall=0.0, f1=0.0),                                   # original
+        _row("answered", "answered", forms=["situation_first", "yes_no"], recall=0.0, f1=0.5),  # wrong source
+        _row("escalate", "escalate", forms=["situation_first"]),
+        _row("escalate", "answered", forms=["situation_first"]),
+        _row("refused", "escalate"),
+    ]
+    s = aggregate(rows)
+    assert (s["escalation_recall"], s["escalation_precision"]) == (0.5, 0.5)
+    assert s["answered_with_source"] == round(1 / 3, 4)  # answered AND an expected source cited
+    forms = s["by_form"]
+    assert forms["original"]["items"] == 3 and forms["original"]["answered_with_source"] == 0.5
+    assert forms["situation_first"] == {"items": 3, "status_accuracy": round(2 / 3, 4), "answered_with_source": 0.0,
+                                        "token_f1": 0.5}
+    assert forms["yes_no"]["items"] == 1
+
+
+def test_the_gold_set_holds_the_forms_users_ask_and_both_sides_of_the_situation_rule():
+    """The original 286 items are unchanged (their bytes still hash to the lock at creation); the
+    added items cover situation-first questions that are answered and ones that need a person."""
+    import hashlib
+
+    original = b"".join(GOLD.read_bytes().splitlines(keepends=True)[:286])
+    assert hashlib.sha256(original).hexdigest() == "a800ebee80baf407a0322c008bbe510650c95fa1378fab2db1a1fe597943225a"
+    items = load_gold_set(GOLD).items
+    assert all(not i.forms for i in items[:286])
+    situation = [i for i in items if "situation_first" in i.forms]
+    assert sum(i.expected.status == "answered" for i in situation) >= 20
+    assert sum(i.expected.status == "escalate" for i in situation) >= 8
+    assert sum(i.expected.status == "answered" for i in items if "yes_no" in i.forms) >= 10
+    assert {"number", "deadline", "follow_up"} <= {f for i in items for f in i.forms}
