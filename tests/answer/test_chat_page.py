@@ -66,3 +66,22 @@ def test_a_question_on_a_restricted_policy_shows_a_refusal(page):
     text = refusal.inner_text()
     assert "Cannot answer" in text and "none of the policies you have access to" in text
     assert "Reward Team" not in page.content()
+
+
+def test_work_beside_answering_shows_as_a_banner_until_it_ends(page, service):
+    from answer.service import BackgroundWork
+
+    assert not page.is_visible("#banner")  # nothing runs beside answering: no banner
+    work = service.background = BackgroundWork(title="Training an adapter")
+    try:
+        work.update("training step 3/40, loss 1.234", progress=3 / 40, eta_s=900)
+        page.reload()
+        banner = page.wait_for_selector("#banner", state="visible")
+        text = banner.inner_text()
+        assert "Training an adapter: training step 3/40" in text and "about 16 min left" in text
+        assert "promoted adapter v1" in text  # what answers meanwhile
+        work.finish("done", "adapter v2 passed the gate and is live now")
+        page.reload()
+        page.wait_for_function("document.querySelector('#banner').textContent.includes('live now')")
+    finally:
+        service.background = None

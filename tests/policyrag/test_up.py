@@ -99,3 +99,68 @@ def test_a_second_run_serves_prints_a_working_curl_and_stops_on_ctrl_c(answer_da
     assert "stopped: the answer service" in err
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing left listening
+
+
+def test_the_background_promotion_hot_loads_without_dropping_a_request(answer_data, local_backend, embedder, tmp_path):
+    """Serve first: the base model answers at once; the registered adapter is evaluated and promoted
+    beside the running service, and the next request is answered by it, no restart, no failure."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from answer.app import build_service, create_app
+    from answer.service import BackgroundWork
+    from policyrag.up import prepare_adapter
+
+    data = copy_data(answer_data, tmp_path / "data")
+    state = json.loads((data / "adapters" / "registry.json").read_text())
+    (data / "adapters" / "registry.json").write_text(json.dumps({**state, "promoted": []}))  # v1 registered only
+    settings = Settings(data_dir=data, gold_set_file=gold(tmp_path / "pass.jsonl", [REFUSED]))
+    decision = plan(settings)
+    assert (decision.action, decision.version) == ("evaluate", "v1")
+    service = build_service(settings, backend=local_backend, embedder=embedder)
+    alice = {"Authorization": "Bearer demo-alice-7Qm2"}
+    try:
+        with TestClient(create_app(service)) as client:
+            assert client.post("/v1/hr/answer", json={"question": CARRY_OVER}, headers=alice).json()["versions"]["adapter"] is None
+            work = service.background = BackgroundWork(title="Evaluating adapter v1")
+            outcome: list = []
+            gate = threading.Event()
+            worker = threading.Thread(target=lambda: (gate.wait(), outcome.append(prepare_adapter(settings, service, decision, work))))
+            worker.start()
+            running = client.get("/readyz").json()
+            assert running["ready"] and running["checks"]["background"]["state"] == "running"
+            assert running["checks"]["background"]["detail"].startswith("Evaluating adapter v1")
+            gate.set()
+            served = []
+            deadline = time.monotonic() + 300
+            while (worker.is_alive() or not served or served[-1] is None) and time.monotonic() < deadline:
+                r = client.post("/v1/hr/answer", json={"question": CARRY_OVER}, headers=alice)
+                assert r.status_code == 200, r.text  # no request is dropped while the adapter changes
+                served.append(r.json()["versions"]["adapter"])
+            worker.join(timeout=60)
+            assert outcome == ["v1"] and served[-1] == "v1"
+            first = served.index("v1")
+            assert all(v == "v1" for v in served[first:])  # once promoted, every answer uses it
+            done = client.get("/readyz").json()["checks"]
+            assert done["background"]["state"] == "done" and "v1 passed the gate and is live now" in done["background"]["detail"]
+            assert done["adapter"]["detail"] == "promoted adapter v1"
+    finally:
+        service.pipeline.retriever.store.close()
+
+
+def test_a_failed_preparation_leaves_the_service_answering_and_says_why(answer_data, local_backend, embedder, tmp_path):
+    from answer.app import build_service
+    from answer.service import BackgroundWork
+    from policyrag.up import Plan, prepare_adapter
+
+    data = copy_data(answer_data, tmp_path / "data")
+    settings = Settings(data_dir=data, gold_set_file=gold(tmp_path / "pass.jsonl", [REFUSED]))
+    service = build_service(settings, backend=local_backend, embedder=embedder)
+    try:
+        work = BackgroundWork(title="Evaluating adapter v9")
+        assert prepare_adapter(settings, service, Plan("evaluate", "v9", "test"), work) is None
+        assert work.state == "failed" and "v9" in work.outcome
+        assert service.pipeline.registry.promoted_version() == "v1"  # what was live stays live
+    finally:
+        service.pipeline.retriever.store.close()
