@@ -55,14 +55,17 @@ class DocInfo:
     version: str
     groups: frozenset[str]
     region: str
+    text: str = ""  # the indexed text, lower-cased (a readable document may name a restricted one)
 
 
 def corpus_docs(store) -> dict[str, DocInfo]:
-    """Every indexed document with its access metadata (read from the store itself)."""
-    docs: dict[str, DocInfo] = {}
+    """Every indexed document with its access metadata and text (read from the store itself)."""
+    chunks: dict[str, list] = {}
     for chunk in stored_chunks(store):
-        docs.setdefault(chunk.doc_id, DocInfo(chunk.doc_id, chunk.title, chunk.version, frozenset(chunk.groups), chunk.region))
-    return docs
+        chunks.setdefault(chunk.doc_id, []).append(chunk)
+    return {doc_id: DocInfo(doc_id, parts[0].title, parts[0].version, frozenset(parts[0].groups), parts[0].region,
+                            "\n".join(c.text for c in sorted(parts, key=lambda c: c.chunk_index)).lower())
+            for doc_id, parts in chunks.items()}
 
 
 def corpus_version(docs: dict[str, DocInfo]) -> str:
@@ -85,11 +88,14 @@ def reference_contexts(store) -> Callable[[dict[str, Any]], list[str]]:
 
 
 def unreadable(principal, docs: dict[str, DocInfo]) -> list[str]:
-    """Titles and citation prefixes of documents this principal may not read (leak markers)."""
+    """Titles and citation prefixes of documents this principal may not read (leak markers),
+    minus any that a document they may read states itself: a public policy may name a restricted
+    one ("covered by the Executive Compensation Policy"), and showing that is no leak."""
+    readable = "\n".join(d.text for d in docs.values() if may_read(principal, tuple(d.groups), d.region))
     out = []
     for d in docs.values():
         if not may_read(principal, tuple(d.groups), d.region):
-            out += [d.title, f"{d.doc_id}@v"]
+            out += [m for m in (d.title, f"{d.doc_id}@v") if m.lower() not in readable]
     return out
 
 

@@ -362,3 +362,19 @@ def test_the_gold_set_holds_the_forms_users_ask_and_both_sides_of_the_situation_
     assert sum(i.expected.status == "escalate" for i in situation) >= 8
     assert sum(i.expected.status == "answered" for i in items if "yes_no" in i.forms) >= 10
     assert {"number", "deadline", "follow_up"} <= {f for i in items for f in i.forms}
+
+
+def test_a_restricted_title_that_a_readable_policy_names_is_no_leak_marker(service):
+    """mike (managers) may read the pay bands, which say Executive Committee pay "is covered by the
+    Executive Compensation Policy": quoting that is no leak. alice may read neither, so for her the
+    title still marks a leak; the executive policy's citation prefix is a marker for both."""
+    from eval.runner import corpus_docs, unreadable
+
+    docs = corpus_docs(service.pipeline.retriever.store)
+    assert "executive compensation policy" in docs["pay-bands"].text
+    mike = unreadable(service.pipeline.retriever.principal("mike"), docs)
+    alice = unreadable(service.pipeline.retriever.principal("alice"), docs)
+    title = docs["executive-compensation"].title
+    assert title == "Executive Compensation Policy"
+    assert title not in mike and "executive-compensation@v" in mike
+    assert title in alice and "pay-bands@v" in alice
