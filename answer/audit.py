@@ -28,8 +28,8 @@ CURRENT = "audit.jsonl"
 
 
 class AuditRecord(BaseModel):
-    """One line of the audit log. Answer records come from the pipeline (`answer_record` fields
-    below); operator records from commands that change what is served (`adapters promote`)."""
+    """One line of the audit log. Answer records come from the pipeline; operator records from
+    commands that change what is served (`adapters promote`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,14 +58,13 @@ class AuditRecord(BaseModel):
     gate_failures: list[str] | None = None
 
     def line(self) -> bytes:
-        data = self.model_dump(exclude_none=True) | {k: None for k in self._null_fields()}
+        data = self.model_dump(exclude_none=True)
+        for name in _SHOWN_WHEN_NULL[self.kind]:  # part of the kind's shape even when empty
+            data.setdefault(name, None)
         return (json.dumps(data, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
 
-    def _null_fields(self) -> tuple[str, ...]:
-        # fields of this record's kind that are part of its shape even when null
-        if self.kind == "answer":
-            return tuple(f for f in ("conversation_id", "reason") if getattr(self, f) is None)
-        return tuple(f for f in ("previous", "reason") if getattr(self, f) is None)
+
+_SHOWN_WHEN_NULL = {"answer": ("conversation_id", "reason"), "operator": ("previous", "reason")}
 
 
 def operator_record(*, endpoint: str, user: str, action: str, version: str, previous: str | None = None,

@@ -212,11 +212,20 @@ def get_settings() -> Settings:
     return Settings()
 
 
+ANSWER_BACKENDS = ("vllm", "local")
+
+
+def check_backends(*names: str) -> None:
+    """A command's `--backend` values are answer backends, or a ConfigError naming the others."""
+    bad = [name for name in names if name not in ANSWER_BACKENDS]
+    if bad:
+        raise ConfigError(f"--backend must be vllm or local, got {', '.join(map(repr, bad))}")
+
+
 def settings_for_backend(backend: str | None) -> Settings:
     """The settings, with a command's `--backend` (vllm or local) applied when given."""
     settings = get_settings()
     if backend is None:
         return settings
-    if backend not in ("vllm", "local"):
-        raise ConfigError(f"--backend must be vllm or local, got {backend!r}")
+    check_backends(backend)
     return settings.model_copy(update={"answer_backend": backend})

@@ -11,8 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from core.errors import ConfigError
-from core.settings import get_settings, settings_for_backend
+from core.settings import ANSWER_BACKENDS, check_backends, get_settings, settings_for_backend
 from core.terminal import console, err_console
 
 review_app = typer.Typer(help="Human review of an eval run's edge cases.", no_args_is_help=True)
@@ -224,10 +223,8 @@ def bench_answer(
     """End-to-end latency, throughput and time to first token: vLLM vs local backend, one run."""
     from eval.bench_answer import print_answer_results, run_answer_benchmark
 
-    backends = tuple(backend or ("vllm", "local"))
-    bad = [b for b in backends if b not in ("vllm", "local")]
-    if bad:
-        raise ConfigError(f"--backend must be vllm or local, got {', '.join(bad)}")
+    backends = tuple(backend or ANSWER_BACKENDS)
+    check_backends(*backends)
     out = run_answer_benchmark(get_settings(), backends=backends, single=single, users=users, rounds=rounds,
                                ttft=ttft, console=err_console)
     if as_json:

@@ -130,9 +130,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if predicted_escalate else None,
         "escalation_recall": round(sum(r["status"] == "escalate" for r in expected_escalate) / len(expected_escalate), 4)
         if expected_escalate else None,
-        # answerable questions answered with a passage of an expected source cited
-        "answered_with_source": _mean([float(r["status"] == "answered" and (r.get("citation_recall") or 0) > 0)
-                                       for r in answerable]),
+        "answered_with_source": _answered_with_source(answerable),
         "retrieval_recall_at_k": _mean([r["retrieval"]["recall_at_k"] for r in with_sources]),
         "retrieval_mrr": _mean([r["retrieval"]["mrr"] for r in with_sources]),
         "retrieval_ndcg": _mean([r["retrieval"]["ndcg"] for r in with_sources]),
@@ -142,6 +140,11 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "by_category": by_category,
         "by_form": _by_form(rows),
     }
+
+
+def _answered_with_source(answerable: Sequence[dict[str, Any]]) -> float | None:
+    """Answerable questions answered with a passage of an expected source cited."""
+    return _mean([float(r["status"] == "answered" and (r.get("citation_recall") or 0) > 0) for r in answerable])
 
 
 def _by_form(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -159,8 +162,7 @@ def _by_form(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[name] = {
             "items": len(subset),
             "status_accuracy": _mean([float(r["status_ok"]) for r in subset]),
-            "answered_with_source": _mean([float(r["status"] == "answered" and (r.get("citation_recall") or 0) > 0)
-                                           for r in answerable]) if answerable else None,
+            "answered_with_source": _answered_with_source(answerable),
             "token_f1": _mean([r["token_f1"] for r in answerable if r["token_f1"] is not None]) if answerable else None,
         }
     return out

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from eval.metrics import (
 from eval.ragas_scores import JudgeScorer, add_ragas, judge_info
 from eval.ragas_scores import summary as ragas_summary
 from retrieval.acl import may_read
-from retrieval.store import stored_chunks
+from retrieval.store import ChunkPayload, stored_chunks
 
 
 def runs_dir(settings: Settings) -> Path:
@@ -58,14 +58,14 @@ class DocInfo:
     text: str = ""  # the indexed text, lower-cased (a readable document may name a restricted one)
 
 
-def corpus_docs(store) -> dict[str, DocInfo]:
-    """Every indexed document with its access metadata and text (read from the store itself)."""
-    chunks: dict[str, list] = {}
-    for chunk in stored_chunks(store):
-        chunks.setdefault(chunk.doc_id, []).append(chunk)
+def corpus_docs(chunks: Sequence[ChunkPayload]) -> dict[str, DocInfo]:
+    """Every indexed document with its access metadata and text, from the store's chunks."""
+    by_doc: dict[str, list[ChunkPayload]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk.doc_id, []).append(chunk)
     return {doc_id: DocInfo(doc_id, parts[0].title, parts[0].version, frozenset(parts[0].groups), parts[0].region,
                             "\n".join(c.text for c in sorted(parts, key=lambda c: c.chunk_index)).lower())
-            for doc_id, parts in chunks.items()}
+            for doc_id, parts in by_doc.items()}
 
 
 def corpus_version(docs: dict[str, DocInfo]) -> str:
@@ -73,13 +73,12 @@ def corpus_version(docs: dict[str, DocInfo]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def reference_contexts(store) -> Callable[[dict[str, Any]], list[str]]:
+def reference_contexts(chunks: Sequence[ChunkPayload]) -> Callable[[dict[str, Any]], list[str]]:
     """For a row, the text of every indexed chunk that is one of its expected sources (the
     reference contexts of ragas' context metrics)."""
-    chunks = [{"doc_id": c.doc_id, "section": list(c.section), "text": c.text} for c in stored_chunks(store)]
     by_doc: dict[str, list[dict[str, Any]]] = {}
-    for chunk in chunks:
-        by_doc.setdefault(chunk["doc_id"], []).append(chunk)
+    for c in chunks:
+        by_doc.setdefault(c.doc_id, []).append({"doc_id": c.doc_id, "section": list(c.section), "text": c.text})
 
     def references(row: dict[str, Any]) -> list[str]:
         return [c["text"] for s in row["expected_sources"] for c in by_doc.get(s["doc_id"], []) if matches(c, s)]
@@ -147,6 +146,8 @@ def evaluate(pipeline: AnswerPipeline, eval_set: EvalSet, docs: dict[str, DocInf
              limit: int | None = None, concurrency: int = 1, constrained: bool = True,
              on_item: Callable[[dict], None] = lambda row: None) -> list[dict[str, Any]]:
     items = list(eval_set.items)[:limit] if limit else list(eval_set.items)
+    # the leak markers depend only on the asker: worked out once per user, not per item
+    markers = {user: unreadable(pipeline.retriever.principal(user), docs) for user in {i.user for i in items}}
 
     def one(item: GoldItem) -> dict[str, Any]:
         principal = pipeline.retriever.principal(item.user)
@@ -159,7 +160,7 @@ def evaluate(pipeline: AnswerPipeline, eval_set: EvalSet, docs: dict[str, DocInf
                 if attempt == 2:
                     raise
                 time.sleep(10 * (attempt + 1))
-        row = score_item(item, result, unreadable(principal, docs), pipeline.settings.answer_passages)
+        row = score_item(item, result, markers[item.user], pipeline.settings.answer_passages)
         on_item(row)
         return row
 
@@ -190,12 +191,13 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
     pipeline = AnswerPipeline(settings, service.pipeline.retriever, service.backend, registry,
                               AuditLog(folder / "audit"), base_model=service.pipeline.base_model)
     concurrency = 8 if service.backend.name == "vllm" else 1
-    docs = corpus_docs(service.pipeline.retriever.store)  # access metadata, read once per run
+    chunks = list(stored_chunks(service.pipeline.retriever.store))  # read once per run
+    docs = corpus_docs(chunks)
     base_version = registry.promoted_version() if baseline == "promoted" else baseline
     if baseline == "promoted" and base_version is None:
         raise ConfigError("--baseline promoted, but no adapter is promoted; use --baseline base or a version")
 
-    references = references or reference_contexts(service.pipeline.retriever.store)
+    references = references or reference_contexts(chunks)
     judge = JudgeScorer(settings, service.pipeline.retriever.embedder) if settings.eval_judge_url else None
 
     on_stage(f"{version}: {limit or len(eval_set.items)} items")

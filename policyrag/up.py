@@ -61,15 +61,22 @@ def plan(settings: Settings) -> Plan:
     return Plan("promote", newest, f"adapter {newest} passed the gate in run {run.run_id}")
 
 
+# rough upper bounds on this machine (2 CPU cores), measured: data building ~16-150 s, a gold item
+# ~2.5 s on vLLM (286 items in 12-15 min), ~6 s on the local backend
+DATA_BUILD_S = 150.0
+
+
+def eval_item_s(settings: Settings) -> float:
+    return 2.5 if settings.answer_backend == "vllm" else 6.0
+
+
 def training_eta_s(settings: Settings, config) -> float:
-    """A rough upper bound for data building + training + eval on this machine (2 CPU cores)."""
+    """Data building + training + the base-vs-adapter comparison + the eval of the gold set."""
     from eval.gold import load_gold_set
 
     items = len(load_gold_set(settings.gold_set_file).items)
-    build = 150.0
-    train = (config.time_budget_s or 1200.0) + 60.0 * (1 + config.compare_items / 6)
-    evaluate = items * (2.5 if settings.answer_backend == "vllm" else 6.0)  # measured: 286 items in ~12-15 min on vLLM
-    return build + train + evaluate
+    training = (config.time_budget_s or 1200.0) + 60.0 * (1 + config.compare_items / 6)
+    return DATA_BUILD_S + training + items * eval_item_s(settings)
 
 
 def demo_curl(settings: Settings, base_url: str) -> str:
@@ -145,9 +152,9 @@ def start_background(settings: Settings, service, decision: Plan) -> threading.T
     line in the terminal at each stage."""
     from answer.service import BackgroundWork
 
-    what = {"train": "training an adapter", "evaluate": f"evaluating adapter {decision.version}",
-            "promote": f"promoting adapter {decision.version}"}[decision.action]
-    service.background = BackgroundWork(title=what[0].upper() + what[1:])
+    title = {"train": "Training an adapter", "evaluate": f"Evaluating adapter {decision.version}",
+             "promote": f"Promoting adapter {decision.version}"}[decision.action]
+    service.background = BackgroundWork(title=title)
     thread = threading.Thread(target=prepare_adapter, args=(settings, service, decision, service.background),
                               name="policyrag-up-adapter", daemon=True)
     thread.start()
@@ -191,11 +198,11 @@ def _train(settings: Settings, work) -> str:
     from tuning.train import train_adapter
 
     config = TrainConfig()
-    eta = training_eta_s(settings, config) - 150.0  # the data is built already
+    eta = training_eta_s(settings, config) - DATA_BUILD_S  # the data is built already
     step(f"training an adapter in the background: about {eta / 60:.0f} minutes on this machine (training, "
          "then the eval); answers come from what is live meanwhile")
     work.update("loading the base model for training", eta_s=eta)
-    after_training = eta - (config.time_budget_s or 1200.0)
+    after_training = eta - (config.time_budget_s or 1200.0)  # the comparison and the eval
     shown = [0]
 
     def on_step(info) -> None:
@@ -218,7 +225,7 @@ def _evaluate(settings: Settings, service, version: str, work) -> None:
     from eval.runner import run_eval
 
     total = len(load_gold_set(settings.gold_set_file).items)
-    per_item = 2.5 if settings.answer_backend == "vllm" else 6.0
+    per_item = eval_item_s(settings)
     done = [0]
 
     def on_item(row) -> None:

@@ -369,8 +369,9 @@ def test_a_restricted_title_that_a_readable_policy_names_is_no_leak_marker(servi
     Executive Compensation Policy": quoting that is no leak. alice may read neither, so for her the
     title still marks a leak; the executive policy's citation prefix is a marker for both."""
     from eval.runner import corpus_docs, unreadable
+    from retrieval.store import stored_chunks
 
-    docs = corpus_docs(service.pipeline.retriever.store)
+    docs = corpus_docs(list(stored_chunks(service.pipeline.retriever.store)))
     assert "executive compensation policy" in docs["pay-bands"].text
     mike = unreadable(service.pipeline.retriever.principal("mike"), docs)
     alice = unreadable(service.pipeline.retriever.principal("alice"), docs)
