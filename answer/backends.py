@@ -2,14 +2,16 @@
 
 - `VllmBackend`: an OpenAI-compatible vLLM server with `--enable-lora`. Adapters are registered
   with the server by version name on first use (`/v1/load_lora_adapter`), so promoting or rolling
-  back an adapter takes effect on the next request. Output is constrained to the house JSON schema
-  through `response_format` `json_schema` (vLLM's `guided_json` field is silently ignored).
+  back an adapter takes effect on the next request. Output is constrained to the request's JSON
+  schema (the wire format with this prompt's sentence ids, `core.references`) through
+  `response_format` `json_schema` (vLLM's `guided_json` field is silently ignored).
 - `LocalBackend`: in-process transformers + PEFT, constrained by xgrammar's logits processor (the
   grammar engine vLLM uses, so both backends accept exactly the same outputs). One generation at
   a time: it exists for tests and machines without vLLM.
 
-Both take chat messages and an adapter (version + folder, or None for the base model) and return
-the text with token counts; `on_token` receives the text as it is generated.
+Both take chat messages, an adapter (version + folder, or None for the base model) and the JSON
+schema to constrain the output to (None: free text), and return the text with token counts;
+`on_token` receives the text as it is generated.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from core.contract import answer_json_schema
 from core.errors import PolicyRagError
 
 TokenCallback = Callable[[str], None]
@@ -72,7 +73,7 @@ class Backend(Protocol):
         *,
         max_tokens: int,
         on_token: TokenCallback | None = None,
-        constrained: bool = True,
+        schema: dict | None = None,
     ) -> Generation: ...
 
     def health(self) -> tuple[bool, str]: ...
@@ -80,11 +81,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def _schema_format() -> dict:
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": "house_answer", "schema": answer_json_schema(), "strict": True},
-    }
+def _schema_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "house_answer", "schema": schema, "strict": True}}
 
 
 class VllmBackend:
@@ -142,18 +140,18 @@ class VllmBackend:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generate(self, messages, adapter, *, max_tokens, on_token=None, constrained=True) -> Generation:
+    def generate(self, messages, adapter, *, max_tokens, on_token=None, schema=None) -> Generation:
         try:
-            return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, constrained=constrained)
+            return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, schema=schema)
         except _ModelGone:
             if adapter is None:
                 raise
             # the server restarted (or was restarted by someone else) and lost its adapters:
             # register the adapter again and retry once
             self.forget_adapters()
-            return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, constrained=constrained)
+            return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, schema=schema)
 
-    def _generate(self, messages, adapter, *, max_tokens, on_token, constrained) -> Generation:
+    def _generate(self, messages, adapter, *, max_tokens, on_token, schema) -> Generation:
         if adapter is not None:
             self.ensure_adapter(adapter)
         model = adapter.version if adapter else self.served_base
@@ -162,7 +160,7 @@ class VllmBackend:
             "messages": list(messages),
             "temperature": 0.0,
             "max_tokens": max_tokens,
-            **({"response_format": _schema_format()} if constrained else {}),
+            **({"response_format": _schema_format(schema)} if schema is not None else {}),
         }
         started = time.perf_counter()
         if on_token is None:
@@ -259,10 +257,8 @@ class LocalBackend:
         self.base.eval()
         self.model = self.base  # becomes a PeftModel once an adapter is loaded
         info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.base.config.vocab_size)
-        # no free whitespace, and the separators of render_answer (the training targets): with
-        # any whitespace allowed, a weak model can emit blank lines until max_tokens
-        self._grammar = xgr.GrammarCompiler(info).compile_json_schema(
-            json.dumps(answer_json_schema()), any_whitespace=False, separators=(", ", ": "))
+        # compiles each request's schema; the compiler caches compiled grammars by schema text
+        self._compiler = xgr.GrammarCompiler(info)
         self._adapters: set[str] = set()
         self._lock = threading.Lock()
 
@@ -281,7 +277,7 @@ class LocalBackend:
         self.model.set_adapter(adapter.version)
         return adapter.version
 
-    def generate(self, messages, adapter, *, max_tokens, on_token=None, constrained=True) -> Generation:
+    def generate(self, messages, adapter, *, max_tokens, on_token=None, schema=None) -> Generation:
         import contextlib
 
         import torch
@@ -295,7 +291,7 @@ class LocalBackend:
             active = self._activate(adapter)
             # the base model when no adapter is asked for, even after adapters were loaded
             plain = self.model.disable_adapter() if active is None and self._adapters else contextlib.nullcontext()
-            processors = [xgr.contrib.hf.LogitsProcessor(self._grammar)] if constrained else []
+            processors = [xgr.contrib.hf.LogitsProcessor(self._grammar(schema))] if schema is not None else []
             kwargs = dict(**inputs, max_new_tokens=max_tokens, do_sample=False,
                           logits_processor=processors, pad_token_id=self.tokenizer.eos_token_id)
             first: float | None = None
@@ -332,6 +328,11 @@ class LocalBackend:
                     count = int(result["out"].shape[1] - inputs["input_ids"].shape[1])
         finish = "length" if count >= max_tokens else "stop"
         return Generation(text, active or "base", int(inputs["input_ids"].shape[1]), count, finish, first)
+
+    def _grammar(self, schema: dict):
+        # no free whitespace, and the separators of render_wire (the training targets): with
+        # any whitespace allowed, a weak model can emit blank lines until max_tokens
+        return self._compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=(", ", ": "))
 
     def health(self) -> tuple[bool, str]:
         return True, f"in-process transformers ({self.model_dir.name}), adapters loaded: {sorted(self._adapters) or 'none'}"

@@ -1,9 +1,11 @@
 """The answer pipeline, shared by every endpoint and by `policyrag ask`:
 
     principal → (rewrite a follow-up) → retrieve with the one ACL path → no passage above the
-    floor? refuse without calling the model → generate (promoted adapter, JSON-schema constrained)
-    → validate → verify every citation against the passages retrieved for this principal →
-    repair (drop bad citations; none left → refuse) → resolve citations → audit → result.
+    floor? refuse without calling the model → number the passages' sentences → generate (promoted
+    adapter, constrained to the wire schema whose citation ids are this prompt's sentence ids) →
+    validate → turn sentence ids into verbatim quotes (`core.references`) → verify every citation
+    against the passages retrieved for this principal → repair (drop bad citations; none left →
+    refuse) → resolve citations → audit → result.
 
 Nothing the model writes reaches a caller unverified: the result's answer is the repaired one.
 """
@@ -26,12 +28,17 @@ from core.contract import (
     AnswerFormatError,
     Escalated,
     Refused,
-    parse_answer,
     refusal,
     render_answer,
 )
-from core.prompt import build_messages, prompt_fingerprint
+from core.prompt import build_messages, number_sentences
 from core.provision import BaseModelIdentity
+from core.references import (
+    parse_wire_answer,
+    prompt_fingerprint,
+    resolve_wire_answer,
+    wire_json_schema,
+)
 from core.settings import Settings
 from core.verify import repair_answer
 from retrieval.acl import Principal
@@ -134,6 +141,20 @@ class AnswerResult:
         }
 
 
+def adapter_incompatibility(manifest: AdapterManifest, base_model: BaseModelIdentity | None,
+                            fingerprint: str) -> str | None:
+    """Why this code cannot serve an adapter (None: it can): trained on another base model, or
+    on another prompt or answer format (`core.references.prompt_fingerprint`)."""
+    trained_on = manifest.base_model.model_dump() if manifest.base_model else {}
+    mismatch = base_model.mismatch(trained_on) if base_model is not None else None
+    if mismatch:
+        return f"was trained on {trained_on.get('name')}, not on the served base model {base_model.name} ({mismatch})"
+    if manifest.prompt_fingerprint not in (None, fingerprint):
+        return (f"was trained with another prompt or answer format (fingerprint {manifest.prompt_fingerprint}, "
+                f"now {fingerprint})")
+    return None
+
+
 class AnswerPipeline:
     def __init__(self, settings: Settings, retriever: Retriever, backend: Backend,
                  registry: AdapterRegistry | None = None, audit: AuditLog | None = None,
@@ -174,18 +195,9 @@ class AnswerPipeline:
         return ref
 
     def _check_compatible(self, version: str, manifest: AdapterManifest) -> None:
-        trained_on = manifest.base_model.model_dump() if manifest.base_model else {}
-        mismatch = self.base_model.mismatch(trained_on) if self.base_model is not None else None
-        if mismatch:
-            raise AdapterUnavailable(
-                f"adapter {version} was trained on {trained_on.get('name')}, not on the served base model "
-                f"{self.base_model.name} ({mismatch}); roll back or retrain it"
-            )
-        if manifest.prompt_fingerprint not in (None, self.fingerprint):
-            raise AdapterUnavailable(
-                f"adapter {version} was trained with another prompt (fingerprint {manifest.prompt_fingerprint}, "
-                f"now {self.fingerprint}); retrain it"
-            )
+        problem = adapter_incompatibility(manifest, self.base_model, self.fingerprint)
+        if problem:
+            raise AdapterUnavailable(f"adapter {version} {problem}; roll back or retrain it")
 
     def store_count(self) -> int:
         """Passages in the store (readiness), under the same lock as retrieval."""
@@ -225,23 +237,28 @@ class AnswerPipeline:
         else:
             t1 = time.perf_counter()
             on_token = (lambda text: emit("token", text)) if on_event else None
+            sentences = number_sentences(passages)
             generation = self.backend.generate(
                 build_messages(query, passages), adapter,
-                max_tokens=self.settings.answer_max_tokens, on_token=on_token, constrained=constrained,
+                max_tokens=self.settings.answer_max_tokens, on_token=on_token,
+                schema=wire_json_schema(sentences) if constrained else None,
             )
             generation_ms = (time.perf_counter() - t1) * 1000
             try:
-                parsed = parse_answer(generation.text)
+                wire = parse_wire_answer(generation.text)
                 schema_valid = True
-                raw_citations = len(parsed.citations)
+                raw_citations = len(wire.citations)
+                parsed, unknown = resolve_wire_answer(wire, sentences, passages)
             except AnswerFormatError as exc:
-                schema_valid = False
+                schema_valid, unknown = False, []
                 # only reachable without constrained decoding or when cut at max_tokens
                 repairs.append(f"unparseable output ({generation.finish_reason}): {exc}")
                 parsed = refusal("not_in_policy")
+            # quotes are slices of the passages, so this finds nothing unless the resolver broke;
+            # it stays as the last check before anything reaches a caller
             answer, problems = repair_answer(parsed, passages)
-            repairs.extend(problems)
-            raw_valid = raw_citations - len(problems) if schema_valid else 0
+            repairs.extend(unknown + problems)
+            raw_valid = raw_citations - len(unknown) if schema_valid else 0
 
         citations = self._resolve(answer, passages)
         total_ms = (time.perf_counter() - started) * 1000

@@ -120,17 +120,27 @@ def answer_json_schema() -> dict[str, Any]:
 
 def parse_answer(text: str) -> Answered | Refused | Escalated:
     """Parse model output; raises AnswerFormatError saying what is wrong."""
+    return parse_json_as(_ADAPTER, text)
+
+
+def validate_answer(data: Any) -> Answered | Refused | Escalated:
+    return validate_as(_ADAPTER, data)
+
+
+def parse_json_as(adapter: TypeAdapter[Any], text: str) -> Any:
+    """`text` as JSON validated by `adapter` (a house shape or the wire format); raises
+    AnswerFormatError saying what is wrong."""
     stripped = text.strip()
     try:
         data = json.loads(stripped)
     except json.JSONDecodeError as exc:
         raise AnswerFormatError(f"answer is not JSON ({exc.msg} at char {exc.pos}): {stripped[:120]!r}") from exc
-    return validate_answer(data)
+    return validate_as(adapter, data)
 
 
-def validate_answer(data: Any) -> Answered | Refused | Escalated:
+def validate_as(adapter: TypeAdapter[Any], data: Any) -> Any:
     try:
-        return _ADAPTER.validate_python(data)
+        return adapter.validate_python(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'answer'}: {err['msg']}" for err in exc.errors()[:4]

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
 
     # tuning data
     tuning_seeds_file: Path = Field(
-        PROJECT_ROOT / "policies" / "_tuning" / "seeds.yaml", description="hand-written seeds"
+        PROJECT_ROOT / "policies" / "_tuning", description="seed YAML file, or a folder: all its *.yaml"
     )
     gold_set_file: Path = Field(
         PROJECT_ROOT / "policies" / "_eval" / "gold.jsonl",

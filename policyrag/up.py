@@ -36,29 +36,43 @@ class Plan:
     action: str  # serve | evaluate | promote | base | train
     version: str | None
     why: str
+    # promoted versions this code cannot serve (another base model, prompt or answer format):
+    # `up` withdraws them from the promotion history before serving, saying why
+    withdraw: tuple[tuple[str, str], ...] = ()
 
 
 def plan(settings: Settings) -> Plan:
+    from answer.pipeline import adapter_incompatibility
     from core.digest import sha256_file
+    from core.provision import base_model_identity
+    from core.references import prompt_fingerprint
     from eval.gate import run_failures
     from eval.runner import latest_complete_run
     from tuning.registry import AdapterRegistry
 
     registry = AdapterRegistry(settings.adapters_dir)
-    promoted = registry.promoted_version()
+    _, base = base_model_identity(settings)
+    fingerprint = prompt_fingerprint()
+    unservable = {record.version: problem for record in registry.list() if not record.manifest.broken
+                  and (problem := adapter_incompatibility(record.manifest, base, fingerprint))}
+    withdraw = tuple((v, unservable[v]) for v in dict.fromkeys(registry.promotion_history()) if v in unservable)
+    promoted = next((v for v in reversed(registry.promotion_history()) if v not in unservable), None)
     if promoted:
-        return Plan("serve", promoted, f"adapter {promoted} is promoted")
-    versions = registry.versions()
+        return Plan("serve", promoted, f"adapter {promoted} is promoted", withdraw)
+    versions = [v for v in registry.versions() if v not in unservable]
     if not versions:
-        return Plan("train", None, "no adapter is registered")
+        why = "no adapter is registered" if not unservable else (
+            f"no registered adapter fits this prompt and base model ({len(unservable)} trained for another: "
+            f"{next(iter(unservable))} {unservable[next(iter(unservable))]})")
+        return Plan("train", None, why, withdraw)
     newest = versions[-1]
     run = latest_complete_run(settings, newest, sha256_file(settings.gold_set_file))
     if run is None:
-        return Plan("evaluate", newest, f"adapter {newest} has no complete eval on the locked set")
+        return Plan("evaluate", newest, f"adapter {newest} has no complete eval on the locked set", withdraw)
     failures = run_failures(settings, run, None)
     if failures:
-        return Plan("base", newest, f"adapter {newest} failed the gate in run {run.run_id}: " + "; ".join(failures))
-    return Plan("promote", newest, f"adapter {newest} passed the gate in run {run.run_id}")
+        return Plan("base", newest, f"adapter {newest} failed the gate in run {run.run_id}: " + "; ".join(failures), withdraw)
+    return Plan("promote", newest, f"adapter {newest} passed the gate in run {run.run_id}", withdraw)
 
 
 # rough upper bounds on this machine (2 CPU cores), measured: data building ~16-150 s, a gold item
@@ -108,6 +122,13 @@ def up(settings: Settings, *, host: str, port: int) -> None:
          f"{len(report.deleted)} deleted, {len(report.rejected)} rejected (see `policyrag ingest` for details)")
 
     decision = plan(settings)
+    if decision.withdraw:
+        from tuning.registry import AdapterRegistry
+
+        registry = AdapterRegistry(settings.adapters_dir)
+        for version, problem in decision.withdraw:
+            registry.withdraw(version, reason=f"policyrag up: it {problem}")
+            step(f"[yellow]adapter {version} withdrawn[/]: it {problem}")
     step(f"adapter: {decision.why}")
     if decision.action == "train":
         # before serving: the pair builder retrieves through its own handle on the embedded

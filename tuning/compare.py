@@ -1,5 +1,5 @@
 """Base model vs adapter on held-out pairs, with the same prompt and no constrained decoding:
-schema validity (the output parses as a house-format answer whose citations verify) and
+schema validity (the output parses as a wire-format answer whose sentence ids are in the prompt) and
 refusal accuracy (refused exactly when the target refuses)."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from core.contract import AnswerFormatError, parse_answer
+from core.contract import AnswerFormatError
+from core.prompt import number_sentences
+from core.references import parse_wire_answer, resolve_wire_answer
 from core.verify import citation_problems
 from tuning.examples import prompt_text
 from tuning.pairs import TrainingPair
@@ -57,13 +59,14 @@ def score_outputs(pairs: Sequence[TrainingPair], outputs: Sequence[str]) -> Gene
     for pair, text in zip(pairs, outputs):
         expected = json.loads(pair.response)
         try:
-            answer = parse_answer(text)
+            wire = parse_wire_answer(text)
         except AnswerFormatError as exc:
             got, problem = None, str(exc)
         else:
-            got, problem = answer.status, None
+            got, problem = wire.status, None
             valid += 1
-            problems = citation_problems(answer, pair.context)
+            answer, unknown = resolve_wire_answer(wire, number_sentences(pair.context), pair.context)
+            problems = unknown + citation_problems(answer, pair.context)
             cited += not problems
             problem = "; ".join(problems) or None
         status_ok += got == expected["status"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import Counter
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from core.contract import validate_answer
 from core.prompt import build_messages
+from core.references import render_wire, wire_from_house
 from tuning.pairs import TrainingPair
 
 IGNORE = -100
@@ -33,11 +36,17 @@ def prompt_text(tokenizer, instruction: str, context: Sequence) -> str:
     return tokenizer.apply_chat_template(build_messages(instruction, context), tokenize=False, add_generation_prompt=True)
 
 
+def wire_target(pair: TrainingPair) -> str:
+    """What the model is trained to write for a pair: its house answer in the wire format, the
+    quotes turned into the ids of the sentences they cover in this context."""
+    return render_wire(wire_from_house(validate_answer(json.loads(pair.response)), pair.context))
+
+
 def encode_pair(tokenizer, pair: TrainingPair) -> Example:
     messages = build_messages(pair.instruction, pair.context)
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": pair.response}], tokenize=False
+        [*messages, {"role": "assistant", "content": wire_target(pair)}], tokenize=False
     )
     if not full.startswith(prompt):  # a template that rewrites earlier turns cannot be trained this way
         raise ValueError(f"chat template of {tokenizer.name_or_path} does not extend the prompt")

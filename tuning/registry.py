@@ -176,6 +176,18 @@ class AdapterRegistry:
             self._write_state(_with_event(state, {"action": "rollback", "version": previous, "from": current}))
         return record
 
+    def withdraw(self, version: str, *, reason: str) -> str | None:
+        """Take `version` out of the promotion history (it can no longer be served, e.g. it was
+        trained for another answer format), so neither the live adapter nor a rollback can be
+        it; the event is recorded with `reason`. Returns the version live afterwards."""
+        with self._lock():
+            state = self._state()
+            if version not in state["promoted"]:
+                return state["promoted"][-1] if state["promoted"] else None
+            state["promoted"] = [v for v in state["promoted"] if v != version]
+            self._write_state(_with_event(state, {"action": "withdraw", "version": version, "reason": reason}))
+            return state["promoted"][-1] if state["promoted"] else None
+
     def record(self, event: dict[str, Any]) -> None:
         """Add an event (e.g. a rollback drill's outcome) to the registry's log."""
         with self._lock():

@@ -58,7 +58,22 @@ class Seed(BaseModel):
 
 
 def load_seeds(path: Path) -> list[Seed]:
-    """All seeds of the file; raises ConfigError naming every bad item (by position and id)."""
+    """All seeds of the file, or of every `*.yaml` in the folder (in name order; ids unique
+    across files); raises ConfigError naming every bad item (by file, position and id)."""
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"seed folder {path} holds no *.yaml file; set POLICYRAG_TUNING_SEEDS_FILE")
+    seeds: list[Seed] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for file in files:
+        seeds += _load_seed_file(file, problems, seen)
+    if problems:
+        raise ConfigError(f"seed file {path} has {len(problems)} bad item(s); fix them: " + "; ".join(problems[:10]))
+    return seeds
+
+
+def _load_seed_file(path: Path, problems: list[str], seen: set[str]) -> list[Seed]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -67,7 +82,7 @@ def load_seeds(path: Path) -> list[Seed]:
         raise ConfigError(f"seed file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"seed file {path} must be a non-empty YAML list of seeds")
-    seeds, problems, seen = [], [], set()
+    seeds = []
     for position, item in enumerate(raw, start=1):
         label = item.get("id", "?") if isinstance(item, dict) else "?"
         try:
@@ -75,14 +90,12 @@ def load_seeds(path: Path) -> list[Seed]:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "item"
-            problems.append(f"item {position} ({label}): {where}: {first['msg']}")
+            problems.append(f"{path.name} item {position} ({label}): {where}: {first['msg']}")
             continue
         if seed.id in seen:
-            problems.append(f"item {position}: duplicate seed id {seed.id!r}")
+            problems.append(f"{path.name} item {position}: duplicate seed id {seed.id!r}")
         seen.add(seed.id)
         seeds.append(seed)
-    if problems:
-        raise ConfigError(f"seed file {path} has {len(problems)} bad item(s); fix them: " + "; ".join(problems[:10]))
     return seeds
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from core.digest import sha256_file
-from core.prompt import prompt_fingerprint
 from core.provision import base_model_identity
+from core.references import prompt_fingerprint
 from core.settings import Settings
 from tuning.compare import generate_answers, pick_compare_items, score_outputs
 from tuning.config import TrainConfig

@@ -41,8 +41,8 @@ def train_tiny_adapter(settings: Settings, embedder) -> str:
     from transformers import AutoTokenizer
 
     from core.contract import Answered, Citation, render_answer
-    from core.prompt import prompt_fingerprint
     from core.provision import base_model_identity
+    from core.references import prompt_fingerprint
     from retrieval.retriever import Retriever
     from tuning.config import TrainConfig
     from tuning.examples import encode_pair

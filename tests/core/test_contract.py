@@ -67,10 +67,11 @@ PASSAGES = [
 ]
 
 
-def test_prompt_shows_every_passage_with_its_citation_id_and_section():
+def test_prompt_shows_every_passage_with_its_section_and_numbered_sentences():
     text = render_passages(PASSAGES)
-    assert "[leave-uk@v3#c8] Annual Leave Policy (UK) > 4. Carry-over\nYou may carry over" in text
-    assert "[expenses@v2#c4]" in text
+    assert "Passage 1: Annual Leave Policy (UK) > 4. Carry-over\n[s1] You may carry over" in text
+    assert "Passage 2: Expenses Policy > 3.1 Daily meal allowance\n[s2] The daily meal allowance" in text
+    assert "leave-uk@v3#c8" not in text  # the model cites sentence ids, never passage ids
     messages = build_messages("How many days can I carry over?", PASSAGES)
     assert messages[0]["role"] == "system" and "JSON" in messages[0]["content"]
     assert messages[1]["content"].endswith("Question: How many days can I carry over?")

@@ -55,6 +55,23 @@ def test_the_plan_trains_evaluates_promotes_or_falls_back_to_base(corpus_data, a
     assert decision.action == "base" and "ACL leakage" in decision.why
 
 
+def test_an_adapter_trained_for_another_answer_format_is_withdrawn_and_retrained(answer_data, tmp_path):
+    """After an upgrade that changes the prompt or the answer format, the promoted adapter cannot
+    be served: the plan says so, names it for withdrawal and trains a new one (base model meanwhile)."""
+    from tuning.registry import AdapterRegistry
+
+    data = copy_data(answer_data, tmp_path / "data")
+    manifest_path = data / "adapters" / "v1" / "policyrag-adapter.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "prompt_fingerprint": "0c95626697cc6f8b"}))  # the quote-copying format
+    decision = plan(Settings(data_dir=data))
+    assert decision.action == "train" and "fits this prompt" in decision.why
+    assert [v for v, _ in decision.withdraw] == ["v1"] and "another prompt or answer format" in decision.withdraw[0][1]
+    registry = AdapterRegistry(data / "adapters")
+    assert registry.withdraw("v1", reason="test") is None
+    assert registry.promoted_version() is None and registry.events()[-1]["action"] == "withdraw"
+
+
 @pytest.mark.slow
 def test_a_second_run_serves_prints_a_working_curl_and_stops_on_ctrl_c(answer_data, tmp_path):
     data = copy_data(answer_data, tmp_path / "data")

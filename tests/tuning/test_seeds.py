@@ -28,6 +28,19 @@ def test_bad_seed_items_are_named_by_position_and_id(tmp_path):
     assert "duplicate seed id 'ok'" in str(err.value)
 
 
+def test_a_seed_folder_loads_every_yaml_file_and_ids_must_be_unique_across_them(tmp_path):
+    (tmp_path / "a.yaml").write_text("- {id: poem, kind: out_of_scope, user: bob, question: Write a poem}\n")
+    (tmp_path / "b.yaml").write_text("- {id: joke, kind: out_of_scope, user: bob, question: Tell a joke}\n")
+    (tmp_path / "notes.txt").write_text("not seeds")
+    assert [s.id for s in load_seeds(tmp_path)] == ["poem", "joke"]
+    (tmp_path / "c.yaml").write_text("- {id: poem, kind: out_of_scope, user: bob, question: A haiku}\n")
+    with pytest.raises(ConfigError, match="c.yaml item 1: duplicate seed id 'poem'"):
+        load_seeds(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no"):
+        load_seeds(tmp_path / "empty")
+
+
 def test_missing_seed_file_says_which_setting_to_use(tmp_path):
     with pytest.raises(ConfigError, match="POLICYRAG_TUNING_SEEDS_FILE"):
         load_seeds(tmp_path / "nope.yaml")

@@ -43,9 +43,11 @@ def tokenizer(base_model_dir):
 def test_labels_cover_exactly_the_response_and_the_end_of_turn(tokenizer):
     example = encode_pair(tokenizer, pairs()[0])
     response = [t for t in example.labels if t != IGNORE]
-    assert tokenizer.decode(response) == ANSWER + "<|im_end|>"
+    # the model is trained on the wire format: the quote becomes the id of the sentence holding it
+    assert tokenizer.decode(response) == (
+        '{"status": "answered", "citations": ["s1"], "answer": "It is GBP 55 a day in the UK.", "reason": null}<|im_end|>')
     prompt = tokenizer.decode(example.input_ids[: len(example.input_ids) - len(response)])
-    assert prompt.endswith("<|im_start|>assistant\n") and "[expenses@v2#c4] Expenses Policy > 3.1 Meals" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n") and "Passage 1: Expenses Policy > 3.1 Meals\n[s1] The daily meal allowance" in prompt
 
 
 def test_response_only_logits_give_the_same_loss_as_the_full_head(base_model_dir, tokenizer):
@@ -148,7 +150,7 @@ def test_qlora_loads_the_base_in_4bit_and_trains(base_model_dir, tokenizer):
     model, quantized = load_for_training(base_model_dir, config)
     assert quantized
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    short = TrainingPair(**{**pairs(1)[0].model_dump(), "context": ()})
+    short = TrainingPair(**{**pairs(2)[1].model_dump(), "context": ()})  # a refusal needs no passage
     result, state = train_loop(model, [encode_pair(tokenizer, short)], [], config, pad_id=0)
     assert result.steps == 1 and torch.isfinite(torch.tensor(result.train_loss)) and state
 
