@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from answer import routes_answers, routes_ops
-from answer.auth import Authenticator, check_production_secrets
+from answer.auth import Authenticator, check_bind, check_production_secrets
 from answer.backends import Backend
 from answer.errors import error_response, policyrag_error_response
 from answer.pipeline import AnswerPipeline
@@ -121,6 +121,7 @@ def run_service(service: Service, host: str, port: int) -> None:
     past 4x the answer slots uvicorn itself answers 503, so the queue stays bounded."""
     import uvicorn
 
+    check_bind(service.settings, host)
     log_json_to_stderr()
     uvicorn.run(create_app(service), host=host, port=port, log_level="warning",
                 limit_concurrency=service.settings.max_concurrent_answers * 4, timeout_graceful_shutdown=10)

@@ -2,7 +2,7 @@
 
 - API keys are stored only as sha256 hashes (`data/auth/api_keys.json`, written by
   `policyrag keys create`). The directory's demo keys are hashed when loaded and accepted only
-  when `environment` is `local`.
+  when `environment` is `local`, and then only on a loopback bind (`check_bind`).
 - JWTs: HS256 with `POLICYRAG_JWT_HS256_SECRET` and/or RS256 with the public key in
   `POLICYRAG_JWT_RS256_PUBLIC_KEY_FILE`; `sub` is the user id; `exp` is required; audience and
   issuer are checked when set.
@@ -167,6 +167,34 @@ KNOWN_EXAMPLE_SECRETS = frozenset({
     "test-secret-of-at-least-32-bytes-length!", "another-secret-of-at-least-32-bytes!!",
 })
 MIN_JWT_SECRET_BYTES = 32  # HS256 signs with SHA-256: a shorter key is weaker than the hash (RFC 7518 §3.2)
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings, host: str) -> None:
+    """The directory's demo keys are published: in `local` they work only on a loopback bind, so
+    `--host 0.0.0.0` with demo keys refuses to start instead of opening them to the network."""
+    if settings.environment != "local" or is_loopback(host):
+        return
+    demo = [uid for uid, user in load_directory(settings.directory_file).users.items() if user.api_key]
+    if demo:
+        raise ConfigError(
+            f"refusing to serve on {host}: the directory {settings.directory_file} holds published demo API keys "
+            f"(users: {', '.join(demo)}) and environment is 'local'. Bind to 127.0.0.1 for a local demo, or remove "
+            "the demo keys, issue keys with `policyrag keys create` and set POLICYRAG_ENVIRONMENT=production"
+        )
 
 
 def check_production_secrets(settings: Settings) -> None:

@@ -24,10 +24,12 @@ def serve(
 ) -> None:
     """The answer service (and, unless POLICYRAG_VLLM_URL is set, the vLLM server it supervises)."""
     from answer.app import build_service, run_service
+    from answer.auth import check_bind
 
     settings = settings_for_backend(backend)
     host = host or settings.service_host
     port = port or settings.service_port
+    check_bind(settings, host)  # before the model server starts
     with err_console.status("starting the answer service") as status:
         service = build_service(settings, on_stage=status.update)
     try:

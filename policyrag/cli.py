@@ -109,9 +109,11 @@ def up_command(
 ) -> None:
     """Everything from a checkout to a served assistant: models, ingest, adapter (trained, evaluated and
     promoted through the gate if none is), vLLM and the answer service. Ctrl-C stops it all."""
+    from answer.auth import check_bind
     from policyrag.up import up
 
     settings = settings_for_backend(backend)
+    check_bind(settings, host or settings.service_host)  # before anything is provisioned or trained
     try:
         up(settings, host=host or settings.service_host, port=port or settings.service_port)
     except KeyboardInterrupt:

@@ -72,3 +72,32 @@ def test_outside_local_a_long_random_secret_and_no_demo_keys_start_the_service(a
             assert_house_error(client.get("/v1/me", headers=ALICE), 401, "unauthenticated")  # demo key refused
     finally:
         svc.pipeline.retriever.store.close()
+
+
+def test_demo_keys_work_only_on_a_loopback_bind(tmp_path):
+    """Issue 15 #2: `local` with the published demo keys must not be reachable from the network."""
+    from answer.auth import check_bind
+
+    settings = Settings()  # environment local, the demo directory with its keys
+    for host in ("127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"):
+        check_bind(settings, host)
+    for host in ("0.0.0.0", "::", "192.168.1.5", "policy.example.com"):
+        with pytest.raises(ConfigError, match=f"refusing to serve on {host}.*demo API keys.*hannah"):
+            check_bind(settings, host)
+    check_bind(settings.model_copy(update={"directory_file": directory_without_demo_keys(tmp_path)}), "0.0.0.0")
+
+
+def test_serve_on_all_interfaces_with_demo_keys_refuses_to_start_and_says_why(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.answer.helpers import free_port
+
+    env = {**os.environ, "POLICYRAG_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    env.pop("POLICYRAG_ENVIRONMENT", None)
+    done = subprocess.run([sys.executable, "-m", "policyrag", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
+                           "--backend", "local"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "refusing to serve on 0.0.0.0" in done.stderr and "Bind to 127.0.0.1" in done.stderr
+    assert not (tmp_path / "data" / "models").exists()  # refused before any model was provisioned
