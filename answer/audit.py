@@ -1,4 +1,5 @@
-"""The audit log: one JSON line per answer or operator action, append-only, rotated by size.
+"""The audit log: one JSON line per answer or operator action, append-only, rotated by size and
+never deleted.
 
 Every record has one shape (`AuditRecord`): `at`, `kind` (`answer` or `operator`), `endpoint`,
 `user`, then the fields of its kind. An answer record holds who asked, what, the retrieval query, the passages retrieved for that user (ids,
@@ -7,7 +8,11 @@ versions used and the latency. Appends take an exclusive flock, so the service a
 running at once neither interleave lines nor lose a record during rotation; each line is written
 with one `write` and flushed to disk before the answer is returned.
 
-Files: `audit.jsonl` (current), `audit.jsonl.1` (newest rotated) … `audit.jsonl.N`.
+Files: `audit.jsonl` (current) and `audit.000001.jsonl`, `audit.000002.jsonl`, … (rotated, oldest
+first). Rotation only renames: no record is ever deleted by the service, so a user who floods the
+log fills the disk instead of erasing the trail. Past `audit_alert_bytes` in all, every rotation
+logs a warning and `/metrics` shows the size (`policyrag_audit_bytes`); an operator archives old
+files. (`audit.jsonl.N` files of the earlier numbering, N = 1 newest, are still read, first.)
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.settings import Settings
 
 CURRENT = "audit.jsonl"
+_ROTATED = re.compile(r"^audit\.(\d+)\.jsonl$")
+_OLD_ROTATED = re.compile(r"^audit\.jsonl\.(\d+)$")  # the earlier numbering: .1 is the newest
+logger = logging.getLogger(__name__)
 
 
 class AuditRecord(BaseModel):
@@ -75,14 +85,14 @@ def operator_record(*, endpoint: str, user: str, action: str, version: str, prev
 
 
 class AuditLog:
-    def __init__(self, folder: Path, *, max_bytes: int = 20 * 1024 * 1024, backups: int = 20) -> None:
+    def __init__(self, folder: Path, *, max_bytes: int = 20 * 1024 * 1024, alert_bytes: int = 1024**3) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
-        self.backups = backups
+        self.alert_bytes = alert_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuditLog:
-        return cls(settings.audit_dir, max_bytes=settings.audit_max_bytes, backups=settings.audit_backups)
+        return cls(settings.audit_dir, max_bytes=settings.audit_max_bytes, alert_bytes=settings.audit_alert_bytes)
 
     @property
     def path(self) -> Path:
@@ -106,22 +116,26 @@ class AuditLog:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _rotate(self) -> None:
-        oldest = self.folder / f"{CURRENT}.{self.backups}"
-        if oldest.exists():
-            oldest.unlink()
-        for n in range(self.backups - 1, 0, -1):
-            src = self.folder / f"{CURRENT}.{n}"
-            if src.exists():
-                os.replace(src, self.folder / f"{CURRENT}.{n + 1}")
-        os.replace(self.path, self.folder / f"{CURRENT}.1")
+        """Rename the current file to the next number; nothing is deleted (see the module doc)."""
+        numbers = [int(m.group(1)) for p in self.folder.iterdir() if (m := _ROTATED.match(p.name))]
+        os.replace(self.path, self.folder / f"audit.{max(numbers, default=0) + 1:06d}.jsonl")
+        size = self.size_bytes()
+        if size > self.alert_bytes:
+            logger.warning("the audit log holds %d bytes, over POLICYRAG_AUDIT_ALERT_BYTES (%d): archive the oldest "
+                           "files of %s (records are never deleted by the service)", size, self.alert_bytes, self.folder)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files())
 
     def files(self) -> list[Path]:
         """Oldest first."""
-        rotated = sorted(
-            (p for p in self.folder.glob(f"{CURRENT}.*") if p.suffix.lstrip(".").isdigit()),
-            key=lambda p: -int(p.suffix.lstrip(".")),
-        )
-        return rotated + ([self.path] if self.path.exists() else [])
+        old, rotated = [], []
+        for p in self.folder.glob("audit*") if self.folder.exists() else ():
+            if m := _OLD_ROTATED.match(p.name):
+                old.append((-int(m.group(1)), p))
+            elif m := _ROTATED.match(p.name):
+                rotated.append((int(m.group(1)), p))
+        return [p for _, p in sorted(old)] + [p for _, p in sorted(rotated)] + ([self.path] if self.path.exists() else [])
 
     def read(self, *, user: str | None = None, since: dt.datetime | None = None,
              until: dt.datetime | None = None) -> Iterator[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from answer.pipeline import AnswerResult
 
@@ -23,6 +23,11 @@ class Metrics:
             "policyrag_time_to_first_token_seconds", "streamed chat: request to first model token",
             registry=self.registry, buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20),
         )
+
+    def watch_audit(self, size_bytes) -> None:
+        """Export the audit log's size, read at each scrape (records are never deleted: alert on it)."""
+        Gauge("policyrag_audit_bytes", "bytes in the audit log, rotated files included", registry=self.registry
+              ).set_function(size_bytes)
 
     def record(self, result: AnswerResult) -> None:
         self.answers.labels(result.status, result.answer.reason or "").inc()

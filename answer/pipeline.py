@@ -58,29 +58,34 @@ _FOLLOW_UP = re.compile(
 )
 
 
+def is_follow_up(question: str) -> bool:
+    """A short question (≤ 6 words) or one that leans on an earlier turn ("what about
+    contractors?", "does that apply in Germany?")."""
+    return len(question.split()) <= 6 or bool(_FOLLOW_UP.search(question))
+
+
 def rewrite_follow_up(question: str, previous: Sequence[str]) -> str:
     """A stand-alone query for retrieval (and for the model) from a follow-up question.
 
+    `previous` are the conversation's earlier *raw* questions, oldest first (never earlier
+    rewrites: a rewrite built on rewrites grew with every turn, 239,530 characters by turn 120).
+    A follow-up is joined to the last question that stood alone and, if there was one since, the
+    latest follow-up: at most three raw questions, so the query is bounded by construction.
+
     Rule-based on purpose: the 135M model cannot rewrite reliably, and a rule is predictable and
-    auditable. A short question (≤ 6 words) or one that leans on an earlier turn ("what about
-    contractors?", "does that apply in Germany?") is joined to the previous stand-alone question;
-    anything else stands alone."""
+    auditable."""
     question = " ".join(question.split())
-    if not previous:
+    previous = [" ".join(p.split()) for p in previous if p.strip()]
+    if not previous or not is_follow_up(question):
         return question
-    words = question.split()
-    if len(words) > 6 and not _FOLLOW_UP.search(question):
-        return question
-    return f"{previous[-1].rstrip()} Follow-up: {question}"
+    anchor = max((i for i, p in enumerate(previous) if not is_follow_up(p)), default=0)
+    since = previous[anchor + 1:][-1:]
+    return " Follow-up: ".join([previous[anchor], *since, question])
 
 
-def rewrite_turns(turns: Sequence[str]) -> list[str]:
-    """Earlier user turns as the stand-alone queries the chat would have used, oldest first."""
-    history: list[str] = []
-    for turn in turns:
-        if turn.strip():
-            history.append(rewrite_follow_up(turn, history))
-    return history
+def earlier_questions(turns: Sequence[str]) -> list[str]:
+    """Earlier user turns as the history `rewrite_follow_up` takes (raw, blank turns dropped)."""
+    return [" ".join(turn.split()) for turn in turns if turn.strip()]
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,8 @@ class AnswerPipeline:
         request_id = request_id or uuid.uuid4().hex  # the service passes its request log's id
         started = time.perf_counter()
         question = " ".join(question.split())
-        query = rewrite_follow_up(question, history)
+        # bounded by construction (≤ 3 raw questions); the cap guards callers that pass longer history
+        query = rewrite_follow_up(question, history)[: 3 * self.settings.max_question_chars + 40]
         adapter = self.current_adapter(adapter_version)  # fail before any work if it is broken
 
         t0 = time.perf_counter()

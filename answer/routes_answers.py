@@ -28,7 +28,7 @@ from answer.openai_format import (
     sse,
     usage,
 )
-from answer.pipeline import AnswerResult, rewrite_turns
+from answer.pipeline import AnswerResult
 from answer.schemas import (
     AnswerOut,
     ChatCompletionRequest,
@@ -117,8 +117,8 @@ def chat_completions(body: ChatCompletionRequest, who: PrincipalDep, service: Se
     if not users or body.messages[-1].role != "user":
         raise InvalidRequest("the last message must be a user message with the question")
     question = service.checked_question(users[-1])
-    # earlier user turns are the conversation; rewrite them the same way the chat does
-    history = rewrite_turns([check_unicode(turn) for turn in users[:-1]])
+    # earlier user turns are the conversation, held to the same limits as the question
+    history = [service.checked_question(turn) for turn in users[:-1] if check_unicode(turn).strip()]
     service.slot()
     created = int(time.time())
     if not body.stream:

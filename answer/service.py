@@ -90,6 +90,7 @@ class Service:
 
     def __post_init__(self) -> None:
         self._slots = threading.BoundedSemaphore(self.settings.max_concurrent_answers)
+        self.metrics.watch_audit(self.pipeline.audit.size_bytes)
 
     @property
     def backend(self) -> Backend:
@@ -104,7 +105,7 @@ class Service:
     def release(self) -> None:
         self._slots.release()
 
-    # conversations: id -> (owner, stand-alone queries so far); bounded, least recently used out
+    # conversations: id -> (owner, the last 10 raw questions); bounded, least recently used out
     def history(self, principal: Principal, conversation_id: str | None) -> tuple[str, list[str]]:
         with self._lock:
             if conversation_id is None:
@@ -134,7 +135,7 @@ class Service:
                                       endpoint=endpoint, on_event=on_event, request_id=request_id)
         self.metrics.record(result)
         if conversation_id is not None:
-            self.remember(principal, conversation_id, result.query)
+            self.remember(principal, conversation_id, result.question)  # raw: rewrites never nest
         return result
 
     def checked_question(self, text: str) -> str:

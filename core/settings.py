@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     audit_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="rotate the audit log past this")
-    audit_backups: int = Field(20, ge=1, description="rotated audit files kept")
+    audit_alert_bytes: int = Field(1024**3, ge=1024, description="warn (log, /metrics) past this much audit log; nothing is deleted")
 
     # LLM-judged ragas metrics (issue: eval): off unless a judge endpoint is configured
     eval_judge_url: str | None = Field(

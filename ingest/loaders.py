@@ -59,6 +59,14 @@ def discover_files(root: Path) -> tuple[list[Path], list[Path]]:
     return candidates, skipped
 
 
+def link_outside(path: Path, root: Path) -> Path | None:
+    """Where `path` really is when a symbolic link (the file or a folder on the way) takes it
+    outside `root`, else None. Such a file is rejected: a link like `handbook.txt ->
+    ../outside/.env` would otherwise make a secret searchable text."""
+    real, inside = path.resolve(), root.resolve()
+    return None if real == inside or inside in real.parents else real
+
+
 def fingerprint(path: Path) -> str:
     """sha256 of the file's bytes and its sidecar's: the change-detection key."""
     digest = hashlib.sha256(path.read_bytes())

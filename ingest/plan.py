@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core.errors import DocumentRejected
 from ingest.documents import LoadedDocument
-from ingest.loaders import discover_files, fingerprint
+from ingest.loaders import discover_files, fingerprint, link_outside
 from ingest.manifest import Manifest, ManifestRow
 
 Entry = ManifestRow | LoadedDocument
@@ -73,6 +73,11 @@ def plan_ingest(
     paths_of: dict[tuple[str, str], list[str]] = {}
     for path in candidates:
         rel = path.relative_to(root).as_posix()
+        if (real := link_outside(path, root)) is not None:
+            plan.rejected.append(DocumentRejected(
+                rel, "outside_root", f"is a symbolic link to {real}, outside the corpus folder {root}; "
+                "copy the document into the folder instead of linking to it"))
+            continue
         try:
             digest = fingerprint(path)
         except OSError as exc:

@@ -20,7 +20,7 @@ def _n(read: dict) -> int:
 
 
 def test_the_audit_log_rotates_and_reads_back_every_record_in_order(tmp_path):
-    log = AuditLog(tmp_path, max_bytes=2_000, backups=50)
+    log = AuditLog(tmp_path, max_bytes=2_000)
     for n in range(100):
         log.append(record("alice" if n % 2 else "bob", n))
     assert len(log.files()) > 3
@@ -39,7 +39,7 @@ def test_the_audit_log_filters_by_date(tmp_path):
 
 
 def _write_many(folder: str, who: str) -> None:
-    log = AuditLog(Path(folder), max_bytes=4_000, backups=1000)
+    log = AuditLog(Path(folder), max_bytes=4_000)
     for n in range(60):
         log.append(record(who, n))
 
@@ -53,10 +53,33 @@ def test_concurrent_writers_in_several_processes_lose_no_record(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    records = list(AuditLog(tmp_path, backups=1000).read())
+    records = list(AuditLog(tmp_path).read())
     assert len(records) == 180
     for i in range(3):
         assert [_n(r) for r in records if r["user"] == f"w{i}"] == list(range(60))
     for path in AuditLog(tmp_path).files():
         for line in path.read_text().splitlines():
             json.loads(line)  # no interleaved or torn line
+
+
+def test_rotation_never_deletes_a_record_and_warns_past_the_alert_size(tmp_path, caplog):
+    """Issue 15 #1: size rotation used to delete the oldest file past 20 backups, so a user who
+    flooded the log erased the trail. Now files are only renamed."""
+    log = AuditLog(tmp_path, max_bytes=1_000, alert_bytes=20_000)
+    with caplog.at_level("WARNING", logger="answer.audit"):
+        for n in range(400):
+            log.append(record("mallory", n))
+    assert len(log.files()) > 21
+    assert [_n(r) for r in log.read()] == list(range(400))
+    assert log.size_bytes() > 20_000 and "archive the oldest files" in caplog.text
+
+
+def test_files_of_the_earlier_numbering_are_read_first_in_order(tmp_path):
+    AuditLog(tmp_path, max_bytes=10**9).append(record("a", 0))
+    (tmp_path / "audit.jsonl").rename(tmp_path / "audit.jsonl.2")  # oldest, earlier numbering
+    AuditLog(tmp_path, max_bytes=10**9).append(record("a", 1))
+    (tmp_path / "audit.jsonl").rename(tmp_path / "audit.jsonl.1")
+    log = AuditLog(tmp_path, max_bytes=300)
+    for n in range(2, 8):
+        log.append(record("a", n))
+    assert [_n(r) for r in log.read()] == list(range(8))

@@ -212,3 +212,32 @@ def test_prompt_injection_inside_a_document_cannot_break_the_contract_or_cite_a_
     assert_contract_for(svc, "alice", body, question)
     assert not any(c["id"].startswith("pay-bands") for c in body["citations"])
     assert "Salary Bands and Pay Review" not in r.text and "Reward Team" not in r.text
+
+
+def test_a_long_follow_up_conversation_keeps_queries_memory_and_audit_records_bounded(refusing_service):
+    """Issue 15 #1: a follow-up was glued onto the previous *rewrite*, so the query grew every turn
+    (239,530 characters by turn 120). Now it is built from raw questions: at most three of them."""
+    from tests.answer.helpers import sse_events
+
+    follow_up = "And what about that one? " + "Please explain it in detail " * 60  # ~1.7k chars, leans on "that"
+    limit = 3 * len(follow_up) + 40
+    audit = refusing_service.pipeline.audit
+    before = audit.path.stat().st_size if audit.path.exists() else 0
+    with TestClient(create_app(refusing_service)) as client:
+        r = client.post("/v1/chat", json={"message": "How many days of annual leave can I carry over?"}, headers=ALICE)
+        conversation = dict(sse_events(r.text))["meta"]["conversation_id"]
+        for _ in range(25):
+            r = client.post("/v1/chat", json={"message": follow_up, "conversation_id": conversation}, headers=ALICE)
+            assert r.status_code == 200
+            assert len(dict(sse_events(r.text))["meta"]["query"]) <= limit
+    _, remembered = refusing_service.conversations[conversation]
+    assert sum(map(len, remembered)) <= 10 * len(follow_up)
+    assert audit.path.stat().st_size - before < 26 * (limit + 4_000)  # old code: ~1 MB for these 26 records
+
+
+def test_earlier_turns_sent_to_the_openai_endpoint_are_held_to_the_question_limit(client, service):
+    long_turn = "x" * (service.settings.max_question_chars + 1)
+    r = client.post("/v1/chat/completions", headers=ALICE, json={"messages": [
+        {"role": "user", "content": long_turn}, {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "and for contractors?"}]})
+    assert_house_error(r, 422, "question_too_long")

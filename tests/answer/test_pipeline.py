@@ -21,3 +21,13 @@ def test_follow_ups_are_joined_to_the_previous_question_and_others_stand_alone()
 def test_a_rewrite_always_keeps_the_question(question, previous):
     out = rewrite_follow_up(question, previous)
     assert " ".join(question.split()) in out
+
+
+def test_a_chain_of_follow_ups_keeps_the_subject_and_stays_three_questions_long():
+    first = "How many days of annual leave can I carry over?"
+    turns = [first, "What about in Germany?"] + [f"And for contractors, case {n}?" for n in range(100)]
+    query = rewrite_follow_up("Does that apply to part-timers?", turns)
+    assert query == f"{first} Follow-up: And for contractors, case 99? Follow-up: Does that apply to part-timers?"
+    # a new stand-alone question becomes the anchor
+    turns.append("What is the maximum hotel rate for a business trip to London?")
+    assert rewrite_follow_up("And in Manchester?", turns) == f"{turns[-1]} Follow-up: And in Manchester?"

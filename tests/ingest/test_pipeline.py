@@ -236,3 +236,24 @@ def test_document_with_only_headings_is_rejected(tmp_path, make_ingestor):
     report = make_ingestor().run(root)
     assert [(r.path, r.reason) for r in report.rejected] == [("hollow.md", "no_text")]
     assert "hollow@v1" not in report.added
+
+
+def test_a_link_to_a_file_outside_the_corpus_is_rejected_and_never_indexed(tmp_path, make_ingestor):
+    """Issue 15 #5: `policies/handbook.txt -> ../outside/.env` made the JWT secret searchable."""
+    root = small_corpus(tmp_path / "docs")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".env").write_text("POLICYRAG_JWT_HS256_SECRET=s3cr3t-value-that-must-stay-out\n")
+    (root / "handbook.txt").symlink_to(outside / ".env")
+    (outside / "more").mkdir()
+    write_policy(outside / "more", "extra.md", doc_id="extra", body="## 1. Extra\n\nThe extra text lives outside.")
+    (root / "linked-folder").symlink_to(outside / "more", target_is_directory=True)
+    ingestor = make_ingestor()
+    report = ingestor.run(root, default_groups=["all-staff"])
+    reasons = {r.path: r.reason for r in report.rejected}
+    # a linked folder is not descended into (rglob does not follow it); a linked file is reported
+    assert reasons == {"handbook.txt": "outside_root"}
+    assert "symbolic link" in next(r.message for r in report.rejected if r.path == "handbook.txt")
+    texts = " ".join(p["text"] for p in store_state(ingestor).values())
+    assert "s3cr3t" not in texts and "lives outside" not in texts
+    assert len(report.added) == 3  # the rest of the corpus is ingested
