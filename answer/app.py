@@ -155,7 +155,10 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
                 on_stage(f"starting the vLLM server on port {supervisor.port} (about a minute; log: {supervisor.log_path})")
                 supervisor.start()
                 url = supervisor.url
-            key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+            if supervisor is not None:
+                key = supervisor.api_key
+            else:
+                key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
             backend = VllmBackend(url, api_key=key, timeout_s=settings.generation_timeout_s)
             if supervisor is not None:
                 supervisor.on_restart = backend.forget_adapters

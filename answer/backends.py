@@ -20,7 +20,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +51,30 @@ class _ModelGone(BackendUnavailable):
 class AdapterRef:
     version: str
     path: Path
+    files: dict[str, str] = field(default_factory=dict, hash=False)  # file name -> sha256 (the manifest's)
+
+    @property
+    def served_name(self) -> str:
+        """The name the model server knows it by: the version and its weights' hash, so another
+        adapter loaded under the version's name is never taken for this one."""
+        digest = self.files.get("adapter_model.safetensors", "")
+        return f"{self.version}-{digest[:12]}" if digest else self.version
+
+    def verify(self) -> None:
+        """Check every file against its recorded hash, right before a (re)load: files re-read
+        after a server restart are checked again, not trusted from the first load."""
+        from core.digest import sha256_file
+
+        for name, expected in self.files.items():
+            path = self.path / name
+            try:
+                actual = sha256_file(path)
+            except OSError as exc:
+                raise AdapterUnavailable(f"adapter {self.version}: {name} cannot be read ({exc}); roll back") from None
+            if actual != expected:
+                raise AdapterUnavailable(
+                    f"adapter {self.version}: {name} does not match its recorded hash (changed on disk since it was "
+                    "registered); it is not loaded: roll back or retrain")
 
 
 @dataclass(frozen=True)
@@ -113,16 +137,19 @@ class VllmBackend:
         return {m["id"] for m in response.json().get("data", [])}
 
     def ensure_adapter(self, adapter: AdapterRef) -> None:
-        """Register the adapter with the server under its version name, once."""
-        if adapter.version in self._loaded:
+        """Register the adapter with the server under its served name (version + weights hash),
+        once per server start; its files are verified before every load."""
+        name = adapter.served_name
+        if name in self._loaded:
             return
         with self._load_lock:
-            if adapter.version in self._loaded:
+            if name in self._loaded:
                 return
-            if adapter.version not in self.served_models():
+            if name not in self.served_models():
+                adapter.verify()
                 response = self._request(
                     "POST", "/load_lora_adapter",
-                    json={"lora_name": adapter.version, "lora_path": str(adapter.path.resolve())},
+                    json={"lora_name": name, "lora_path": str(adapter.path.resolve())},
                     check=False,
                 )
                 if response.status_code >= 400 and "already" not in response.text.lower():
@@ -131,7 +158,7 @@ class VllmBackend:
                         f"{response.text[:200]}); start it with --enable-lora and "
                         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true, and --max-lora-rank >= the adapter's rank"
                     )
-            self._loaded.add(adapter.version)
+            self._loaded.add(name)
 
     def forget_adapters(self) -> None:
         """After a server restart nothing is loaded any more."""
@@ -154,7 +181,7 @@ class VllmBackend:
     def _generate(self, messages, adapter, *, max_tokens, on_token, schema) -> Generation:
         if adapter is not None:
             self.ensure_adapter(adapter)
-        model = adapter.version if adapter else self.served_base
+        model = adapter.served_name if adapter else self.served_base
         body = {
             "model": model,
             "messages": list(messages),
@@ -268,6 +295,7 @@ class LocalBackend:
         if adapter is None:
             return None
         if adapter.version not in self._adapters:
+            adapter.verify()
             if not self._adapters:
                 self.model = PeftModel.from_pretrained(self.base, adapter.path, adapter_name=adapter.version)
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -70,6 +71,10 @@ class VllmServer:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.on_restart = lambda: None  # the backend forgets its loaded adapters
+        # the server loads adapters at run time: without a key, any local account could load its
+        # own under a served name. A random key per start unless one is configured.
+        configured = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+        self.api_key = configured or secrets.token_urlsafe(32)
 
     def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +87,7 @@ class VllmServer:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
         }
-        if self.settings.vllm_api_key:
-            env["VLLM_API_KEY"] = self.settings.vllm_api_key.get_secret_value()
+        env["VLLM_API_KEY"] = self.api_key
         log = open(self.log_path, "ab")
         self._process = subprocess.Popen(
             vllm_command(self.model_dir, self.settings, port=self.port),

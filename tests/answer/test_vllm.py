@@ -40,7 +40,8 @@ def server(vllm_settings, base_model_dir):
 def vllm_service(server, vllm_settings, embedder):
     from answer.app import build_service
 
-    svc = build_service(vllm_settings.model_copy(update={"vllm_url": server.url}), embedder=embedder)
+    svc = build_service(vllm_settings.model_copy(update={"vllm_url": server.url, "vllm_api_key": server.api_key}),
+                        embedder=embedder)
     server.on_restart = svc.backend.forget_adapters
     yield svc
     svc.backend.close()
@@ -108,11 +109,38 @@ def test_promotion_and_rollback_apply_without_a_restart(vllm_service, vllm_clien
     registry.promote(v2.version, force=True, reason="test")
     body = vllm_client.post("/v1/hr/answer", json={"question": CARRY_OVER}, headers=ALICE).json()
     assert body["versions"]["adapter"] == v2.version and body["status"] == "answered"
-    assert v2.version in vllm_service.backend.served_models()
+    assert vllm_service.pipeline.current_adapter(v2.version).served_name in vllm_service.backend.served_models()
     registry.rollback()
     body = vllm_client.post("/v1/hr/answer", json={"question": CARRY_OVER}, headers=ALICE).json()
     assert body["versions"]["adapter"] == "v1"
     assert server.pid == pid  # nothing was restarted
+
+
+def test_the_embedded_server_refuses_requests_without_its_per_start_key(server):
+    """Issue 15 #8: with no key, any local account could load its own adapter at run time."""
+    import httpx
+
+    assert len(server.api_key) >= 32
+    anonymous = httpx.post(f"{server.url}/load_lora_adapter", json={"lora_name": "v1", "lora_path": "/tmp/evil"}, timeout=10)
+    assert anonymous.status_code == 401
+    assert httpx.get(f"{server.url}/models", timeout=10).status_code == 401
+    keyed = httpx.get(f"{server.url}/models", headers={"Authorization": f"Bearer {server.api_key}"}, timeout=10)
+    assert keyed.status_code == 200
+
+
+def test_adapter_files_changed_after_the_first_load_are_refused_at_the_next_load(vllm_service, vllm_settings):
+    """The served name carries the weights' hash, and the files are verified before every (re)load,
+    so files swapped on disk are never loaded after a server restart."""
+    from answer.backends import AdapterUnavailable
+
+    adapter = vllm_service.pipeline.current_adapter()
+    assert adapter.served_name.startswith("v1-") and adapter.served_name in vllm_service.backend.served_models()
+    tampered = copy_data(vllm_settings.data_dir, vllm_settings.data_dir.parent / "tampered")
+    weights = tampered / "adapters" / "v1" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16] + bytes(16))
+    vllm_service.backend.forget_adapters()  # as after a server restart
+    with pytest.raises(AdapterUnavailable, match="does not match its recorded hash"):
+        vllm_service.backend.ensure_adapter(type(adapter)("v9", weights.parent, adapter.files))
 
 
 def test_a_dead_server_gives_503_then_the_supervisor_brings_it_back(vllm_client, server):
@@ -154,7 +182,8 @@ def test_ragas_llm_judged_metrics_parse_from_a_small_json_schema_constrained_vll
                      "sources": [{"doc_id": "leave-uk"}]}}) + "\n")
     settings = vllm_settings.model_copy(update={
         "data_dir": tmp_path / "data", "gold_set_file": gold, "eval_judge_url": server.url,
-        "eval_judge_model": "base", "eval_judge_items": 1, "eval_judge_max_tokens": 256})
+        "eval_judge_model": "base", "eval_judge_items": 1, "eval_judge_max_tokens": 256,
+        "eval_judge_api_key": server.api_key})
     out = run_eval(settings, service=vllm_service, adapter="v1")
     run, rows = load_run(settings, out.run_id)
     assert run.judge["model"] == "base" and run.judge["url"] == server.url and run.judge["items_judged"] == 1
