@@ -57,14 +57,11 @@ def hr_answer(body: HrAnswerRequest, who: PrincipalDep, service: ServiceDep, req
     question = service.checked_question(body.question)
     history: list[str] = []
     conversation_id = body.conversation_id
-    if conversation_id is not None:
-        conversation_id, history = service.history(who, conversation_id)
-    service.slot()
-    try:
+    with service.answer_slot(who):
+        if conversation_id is not None:
+            conversation_id, history = service.history(who, conversation_id)
         result = service.answer(who, question, history=history, conversation_id=conversation_id,
                                 endpoint="/v1/hr/answer", request_id=request_id)
-    finally:
-        service.release()
     return _noted(request, result).to_json()
 
 
@@ -75,11 +72,18 @@ def chat(body: ChatRequest, who: PrincipalDep, service: ServiceDep, request: Req
          request_id: RequestIdDep) -> StreamingResponse:
     """One chat turn, streamed; the verified answer arrives as the `answer` event."""
     question = service.checked_question(body.message)
-    conversation_id, history = service.history(who, body.conversation_id)
-    service.slot()
+    # the slot first: a request refused with 429 creates no conversation
+    release = service.take_slot(who)
+    try:
+        conversation_id, history = service.history(who, body.conversation_id)
+    except BaseException:
+        release()
+        raise
     events: queue.Queue = queue.Queue()
 
     def work() -> None:
+        # the answer runs to its end in this thread whether or not the client still listens,
+        # and the slot is released here, never held by the stream
         try:
             result = service.answer(who, question, history=history, conversation_id=conversation_id,
                                     endpoint="/v1/chat", request_id=request_id,
@@ -91,7 +95,7 @@ def chat(body: ChatRequest, who: PrincipalDep, service: ServiceDep, request: Req
             logger.exception("chat answer failed")
             events.put(("error", {"code": "internal_error", "message": f"internal error ({type(exc).__name__})"}))
         finally:
-            service.release()
+            release()
             events.put(("done", {}))
 
     threading.Thread(target=work, name="chat-answer", daemon=True).start()
@@ -119,30 +123,28 @@ def chat_completions(body: ChatCompletionRequest, who: PrincipalDep, service: Se
     question = service.checked_question(users[-1])
     # earlier user turns are the conversation, held to the same limits as the question
     history = [service.checked_question(turn) for turn in users[:-1] if check_unicode(turn).strip()]
-    service.slot()
     created = int(time.time())
     if not body.stream:
-        try:
+        with service.answer_slot(who):
             result = service.answer(who, question, history=history, endpoint="/v1/chat/completions",
                                     request_id=request_id)
-        finally:
-            service.release()
         return completion(_noted(request, result), created)
+    service.check_capacity(who)  # 429 before the stream starts; the slot itself is taken inside it
 
     def stream() -> Iterator[str]:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
+        # the slot is held only while the answer is made, never across a yield: a client that
+        # drops the stream (even before its first byte) cannot keep it
         try:
-            yield sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": "policyrag",
-                       "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            try:
+            with service.answer_slot(who):
                 result = service.answer(who, question, history=history, endpoint="/v1/chat/completions",
                                         request_id=request_id)
-            except PolicyRagError as exc:
-                yield sse({"error": {"code": exc.code, "message": str(exc), "type": "server_error"}})
-                yield "data: [DONE]\n\n"
-                return
-        finally:
-            service.release()
+        except PolicyRagError as exc:
+            yield sse({"error": {"code": exc.code, "message": str(exc), "type": "server_error"}})
+            yield "data: [DONE]\n\n"
+            return
+        yield sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": "policyrag",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
         _noted(request, result)
         text = message_text(result)
         # only verified text is streamed: the answer is checked before its first word is sent

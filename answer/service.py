@@ -7,11 +7,13 @@ the answer slots (back-pressure). Routes reach it through answer/deps.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -87,6 +89,7 @@ class Service:
     conversations: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: threading.BoundedSemaphore | None = None
+    _per_user: dict[str, int] = field(default_factory=dict)  # answers in flight per user
 
     def __post_init__(self) -> None:
         self._slots = threading.BoundedSemaphore(self.settings.max_concurrent_answers)
@@ -96,19 +99,67 @@ class Service:
     def backend(self) -> Backend:
         return self.pipeline.backend
 
-    def slot(self) -> None:
-        if not self._slots.acquire(blocking=False):
-            raise Overloaded(
-                f"{self.settings.max_concurrent_answers} answers are already in progress; retry in a few seconds"
-            )
+    @contextlib.contextmanager
+    def answer_slot(self, principal: Principal) -> Iterator[None]:
+        """One answer in flight for this user (see `take_slot`), released on leaving the block.
+        Held only around the answer itself, never across a `yield` to a client, so a client that
+        drops its stream cannot keep a slot."""
+        release = self.take_slot(principal)
+        try:
+            yield
+        finally:
+            release()
 
-    def release(self) -> None:
-        self._slots.release()
+    def take_slot(self, principal: Principal):
+        """Take a slot or raise Overloaded (429: past the service's slots or the user's own
+        share); returns the function that gives it back (idempotent)."""
+        user = principal.user_id
+        with self._lock:
+            self._check_capacity(user)
+            if not self._slots.acquire(blocking=False):
+                raise Overloaded(f"{self.settings.max_concurrent_answers} answers are already in progress; "
+                                 "retry in a few seconds")
+            self._per_user[user] = self._per_user.get(user, 0) + 1
+        released = threading.Event()
 
-    # conversations: id -> (owner, the last 10 raw questions); bounded, least recently used out
+        def release() -> None:
+            with self._lock:
+                if released.is_set():
+                    return
+                released.set()
+                self._per_user[user] -= 1
+                if not self._per_user[user]:
+                    del self._per_user[user]
+                self._slots.release()
+
+        return release
+
+    def check_capacity(self, principal: Principal) -> None:
+        """429 now if no slot is free for this user (a stream checks before it starts; the slot is
+        taken when the answer is made)."""
+        with self._lock:
+            self._check_capacity(principal.user_id)
+
+    def _check_capacity(self, user: str) -> None:
+        if self._per_user.get(user, 0) >= self.settings.max_answers_per_user:
+            raise Overloaded(f"you already have {self.settings.max_answers_per_user} answers in progress "
+                             "(POLICYRAG_MAX_ANSWERS_PER_USER); wait for them")
+        if sum(self._per_user.values()) >= self.settings.max_concurrent_answers:
+            raise Overloaded(f"{self.settings.max_concurrent_answers} answers are already in progress; "
+                             "retry in a few seconds")
+
+    def slots_in_use(self) -> int:
+        with self._lock:
+            return sum(self._per_user.values())
+
+    # conversations: id -> (owner, the last 10 raw questions); bounded per user and in all,
+    # least recently used out: a user who opens many conversations only drops their own
     def history(self, principal: Principal, conversation_id: str | None) -> tuple[str, list[str]]:
         with self._lock:
             if conversation_id is None:
+                mine = [cid for cid, (owner, _) in self.conversations.items() if owner == principal.user_id]
+                for cid in mine[: max(0, len(mine) - self.settings.max_conversations_per_user + 1)]:
+                    del self.conversations[cid]
                 conversation_id = uuid.uuid4().hex
                 self.conversations[conversation_id] = (principal.user_id, [])
             entry = self.conversations.get(conversation_id)

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     max_concurrent_answers: int = Field(
         16, ge=1, description="answers in flight; more get 429 with Retry-After (back-pressure)"
     )
+    max_answers_per_user: int = Field(
+        4, ge=1, description="answers in flight for one user; more get 429 (one user cannot take every slot)"
+    )
+    max_conversations_per_user: int = Field(
+        50, ge=1, description="chat conversations kept per user; a new one drops that user's least recent"
+    )
     service_host: str = "127.0.0.1"
     service_port: int = Field(8700, ge=1, le=65535)
     document_link_base: str = Field(

@@ -104,3 +104,69 @@ def test_fifty_concurrent_clients_get_answers_or_back_pressure_and_every_answer_
 
     assert growth < 300 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB under load"
     assert after.status_code == 200 and ready.status_code == 200  # no slot leaked, still ready
+
+
+def _drop_stream(base_url: str, path: str, body: bytes, key: str) -> None:
+    """Send a streaming request and hang up without reading a byte of the answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: {key}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def test_dropped_streams_give_their_answer_slots_back(make_service):
+    """Issue 15 #3: after 4 dropped /v1/chat/completions streams, 3 of 4 slots stayed held (until
+    garbage collection) and the next request got 429."""
+    import json
+
+    service = make_service("dropped", max_concurrent_answers=4, max_answers_per_user=4)
+    gc.disable()  # the slots must come back without the garbage collector's help
+    try:
+        with serving(create_app(service)) as url:
+            body = json.dumps({"stream": True, "messages": [{"role": "user", "content": CARRY_OVER}]}).encode()
+            for _ in range(4):
+                _drop_stream(url, "/v1/chat/completions", body, ALICE["Authorization"])
+            deadline = time.monotonic() + 60
+            while service.slots_in_use() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert service.slots_in_use() == 0
+            r = httpx.post(f"{url}/v1/hr/answer", json={"question": CARRY_OVER}, headers=ALICE, timeout=120)
+            assert r.status_code == 200
+    finally:
+        gc.enable()
+
+
+def test_one_user_cannot_take_every_slot_or_evict_other_users_conversations(make_service):
+    from answer.errors import Overloaded
+    from retrieval.acl import Principal
+
+    service = make_service("per-user", max_concurrent_answers=4, max_answers_per_user=2, max_conversations_per_user=3)
+    mallory, alice = Principal("mallory", ("all-staff",), "UK"), Principal("alice", ("all-staff",), "UK")
+    held = [service.take_slot(mallory), service.take_slot(mallory)]
+    try:
+        import pytest
+
+        with pytest.raises(Overloaded, match="you already have 2 answers in progress"):
+            service.take_slot(mallory)
+        service.take_slot(alice)()  # another user still gets a slot
+        from fastapi.testclient import TestClient
+
+        bob = [service.take_slot(Principal("bob", ("all-staff",), "US")) for _ in range(2)]
+        held += bob
+        with TestClient(create_app(service)) as client:
+            r = client.post("/v1/chat", json={"message": CARRY_OVER}, headers=BOB)
+        assert r.status_code == 429
+        assert not [c for c, (owner, _) in service.conversations.items() if owner == "bob"]  # 429: no conversation
+    finally:
+        for release in held:
+            release()
+        held[0]()  # releasing twice gives back nothing extra
+    assert service.slots_in_use() == 0
+    alices, _ = service.history(alice, None)
+    for _ in range(50):
+        service.history(mallory, None)
+    assert service.history(alice, alices)[0] == alices  # alice's conversation survived mallory's 50
+    assert sum(owner == "mallory" for owner, _ in service.conversations.values()) == 3
