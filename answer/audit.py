@@ -89,6 +89,7 @@ class AuditLog:
         self.folder = folder
         self.max_bytes = max_bytes
         self.alert_bytes = alert_bytes
+        self.torn_lines: list[str] = []  # of the last read()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuditLog:
@@ -108,7 +109,9 @@ class AuditLog:
                     self._rotate()
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
-                    os.write(fd, line)
+                    written = 0
+                    while written < len(line):  # a short write (signal, full pipe) continues, never half a line
+                        written += os.write(fd, line[written:])
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -139,13 +142,22 @@ class AuditLog:
 
     def read(self, *, user: str | None = None, since: dt.datetime | None = None,
              until: dt.datetime | None = None) -> Iterator[dict[str, Any]]:
-        """Records oldest first, filtered by user and by time (`since` <= at < `until`)."""
+        """Records oldest first, filtered by user and by time (`since` <= at < `until`), read one
+        line at a time. A torn line (a write cut short by a crash) is skipped and named in
+        `torn_lines` (`file:line`), not fatal: the records around it are still read."""
+        self.torn_lines = []
         for path in self.files():
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue
-                    record = json.loads(line)
+                    try:
+                        record = json.loads(line)
+                        record["at"]  # noqa: B018 - a record without its time is torn too
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        self.torn_lines.append(f"{path.name}:{number}")
+                        logger.warning("audit log %s line %d is torn (cut short); skipped", path, number)
+                        continue
                     record.setdefault("kind", "answer" if "answer" in record else "operator")  # written before `kind`
                     if user is not None and record.get("user") != user:
                         continue

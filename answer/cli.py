@@ -92,7 +92,13 @@ def audit(
     start, end = _parse_date(since, "since"), _parse_date(until, "until")
     if until is not None and len(until) == 10:
         end = end + dt.timedelta(days=1)  # --until 2026-11-28 includes that whole day
-    records = list(AuditLog(settings.audit_dir).read(user=user, since=start, until=end))[-limit:]
+    from collections import deque
+
+    log = AuditLog(settings.audit_dir)
+    records = list(deque(log.read(user=user, since=start, until=end), maxlen=limit))  # streamed: the newest N only
+    if log.torn_lines:
+        err_console.print(f"[yellow]{len(log.torn_lines)} torn line(s) skipped[/] (a write cut short, e.g. by a "
+                          f"crash): {', '.join(log.torn_lines[:5])}")
     if as_json:
         for record in records:
             typer.echo(json.dumps(record, ensure_ascii=False))

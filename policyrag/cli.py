@@ -99,6 +99,18 @@ def _main(ctx: typer.Context, verbose: Annotated[bool, typer.Option("--verbose",
     # works without it on this CPU
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     ctx.obj = RootContext(promote=_gated_promote)
+    _close_data_dir()
+
+
+def _close_data_dir() -> None:
+    """A data folder made before files were written 0600 may be world-readable: closing its top
+    level (0700) closes everything under it."""
+    try:
+        data_dir = get_settings().data_dir
+    except PolicyRagError:
+        return  # bad settings are reported by the command that needs them
+    if data_dir.is_dir() and data_dir.stat().st_uid == os.getuid() and data_dir.stat().st_mode & 0o077:
+        data_dir.chmod(0o700)
 
 
 @app.command("up")
@@ -192,6 +204,9 @@ def adapters_drill(
 
 
 def main() -> None:  # pragma: no cover - console entry
+    # everything this process writes under the data folder (index, manifest, audit, eval runs,
+    # adapters) is the owner's alone: 0600 files, 0700 folders
+    os.umask(0o077)
     try:
         app()
     except PolicyRagError as exc:  # raised outside a command (e.g. while parsing settings)

@@ -83,3 +83,33 @@ def test_files_of_the_earlier_numbering_are_read_first_in_order(tmp_path):
     for n in range(2, 8):
         log.append(record("a", n))
     assert [_n(r) for r in log.read()] == list(range(8))
+
+
+def test_a_torn_line_is_skipped_and_named_and_the_records_around_it_are_read(tmp_path):
+    """Issue 15 #14: one torn line (a crash mid-write) made `policyrag audit` fail with JSONDecodeError."""
+    log = AuditLog(tmp_path)
+    log.append(record("alice", 0))
+    with open(log.path, "ab") as handle:
+        handle.write(b'{"at": "2026-11-29T10:00:00+00:00", "kind": "answer", "user": "ali')  # cut short
+        handle.write(b"\n")
+    log.append(record("alice", 1))
+    assert [_n(r) for r in log.read()] == [0, 1]
+    assert log.torn_lines == ["audit.jsonl:2"]
+
+
+def test_the_audit_command_streams_the_newest_records_and_reports_torn_lines(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from policyrag.cli import app
+
+    monkeypatch.setenv("POLICYRAG_DATA_DIR", str(tmp_path))
+    log = AuditLog(tmp_path / "audit")
+    for n in range(30):
+        log.append(record("alice", n))
+    with open(log.path, "ab") as handle:
+        handle.write(b'{"at": "2026-11\n')
+    result = CliRunner().invoke(app, ["audit", "--limit", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [json.loads(line)["question"] for line in lines] == ["q27", "q28", "q29"]
+    assert "1 torn line(s) skipped" in result.stderr

@@ -53,3 +53,22 @@ def test_tune_train_promote_goes_through_the_gate_handed_down_by_the_root(tuning
     assert result.exit_code == 2, result.output
     assert result.output.count("error (promotion_refused)") == 1 and "nothing to gate on" in result.output
     assert registry.versions() == ["v1"] and registry.promoted_version() is None
+
+
+def test_the_data_folder_and_what_is_written_in_it_are_the_owners_alone(tmp_path):
+    """Issue 15 #15: the data folder (index, manifest, audit, eval runs) was 0755/0644."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o755)  # as an earlier version left it
+    env = {**os.environ, "POLICYRAG_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "policyrag", "keys", "create", "--user", "alice"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    written = [p for p in data.rglob("*")]
+    assert written and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in written), \
+        {str(p.relative_to(data)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
