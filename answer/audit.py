@@ -153,7 +153,7 @@ class AuditLog:
                         continue
                     try:
                         record = json.loads(line)
-                        record["at"]  # noqa: B018 - a record without its time is torn too
+                        record["at"]  # a record without its time is torn too
                     except (json.JSONDecodeError, KeyError, TypeError):
                         self.torn_lines.append(f"{path.name}:{number}")
                         logger.warning("audit log %s line %d is torn (cut short); skipped", path, number)

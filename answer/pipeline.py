@@ -196,7 +196,7 @@ class AnswerPipeline:
             except RegistryError as exc:
                 raise AdapterUnavailable(f"the promoted adapter cannot be used: {exc}") from None
             self._check_compatible(record.version, record.manifest)
-            ref = self._verified[version] = AdapterRef(version, record.path)
+            ref = self._verified[version] = AdapterRef(version, record.path, dict(record.manifest.files))
         return ref
 
     def _check_compatible(self, version: str, manifest: AdapterManifest) -> None:
@@ -329,3 +329,5 @@ class AnswerPipeline:
             latency_ms=result.latency_ms,
             usage=result.usage,
         )
+
+rewrite_turns = earlier_questions  # TEMP: a running `up` holds the previous module in memory
