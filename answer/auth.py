@@ -16,10 +16,10 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
-import os
 import secrets
 from pathlib import Path
 
+from core.durable import write_atomic
 from core.errors import ConfigError, PolicyRagError
 from core.settings import Settings
 from retrieval.acl import Principal, UnknownUser, resolve_principal
@@ -59,10 +59,7 @@ class ApiKeyStore:
         with open(self.path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             keys = change(self._read())
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(keys, indent=2, sort_keys=True) + "\n", mode=0o600)
 
     def create(self, user: str, label: str = "") -> str:
         key = KEY_PREFIX + secrets.token_urlsafe(32)

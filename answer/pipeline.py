@@ -146,20 +146,6 @@ class AnswerResult:
         }
 
 
-def adapter_incompatibility(manifest: AdapterManifest, base_model: BaseModelIdentity | None,
-                            fingerprint: str) -> str | None:
-    """Why this code cannot serve an adapter (None: it can): trained on another base model, or
-    on another prompt or answer format (`core.references.prompt_fingerprint`)."""
-    trained_on = manifest.base_model.model_dump() if manifest.base_model else {}
-    mismatch = base_model.mismatch(trained_on) if base_model is not None else None
-    if mismatch:
-        return f"was trained on {trained_on.get('name')}, not on the served base model {base_model.name} ({mismatch})"
-    if manifest.prompt_fingerprint not in (None, fingerprint):
-        return (f"was trained with another prompt or answer format (fingerprint {manifest.prompt_fingerprint}, "
-                f"now {fingerprint})")
-    return None
-
-
 class AnswerPipeline:
     def __init__(self, settings: Settings, retriever: Retriever, backend: Backend,
                  registry: AdapterRegistry | None = None, audit: AuditLog | None = None,
@@ -200,7 +186,7 @@ class AnswerPipeline:
         return ref
 
     def _check_compatible(self, version: str, manifest: AdapterManifest) -> None:
-        problem = adapter_incompatibility(manifest, self.base_model, self.fingerprint)
+        problem = manifest.incompatibility(self.base_model, self.fingerprint)
         if problem:
             raise AdapterUnavailable(f"adapter {version} {problem}; roll back or retrain it")
 

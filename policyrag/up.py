@@ -42,7 +42,6 @@ class Plan:
 
 
 def plan(settings: Settings) -> Plan:
-    from answer.pipeline import adapter_incompatibility
     from core.digest import sha256_file
     from core.provision import base_model_identity
     from core.references import prompt_fingerprint
@@ -54,7 +53,7 @@ def plan(settings: Settings) -> Plan:
     _, base = base_model_identity(settings)
     fingerprint = prompt_fingerprint()
     unservable = {record.version: problem for record in registry.list() if not record.manifest.broken
-                  and (problem := adapter_incompatibility(record.manifest, base, fingerprint))}
+                  and (problem := record.manifest.incompatibility(base, fingerprint))}
     withdraw = tuple((v, unservable[v]) for v in dict.fromkeys(registry.promotion_history()) if v in unservable)
     promoted = next((v for v in reversed(registry.promotion_history()) if v not in unservable), None)
     if promoted:

@@ -170,9 +170,15 @@ def adapters_show(version: str, as_json: Annotated[bool, typer.Option("--json")]
 @adapters_app.command("rollback")
 def adapters_rollback(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Return to the previously promoted adapter."""
+    from core.provision import base_model_identity
+    from core.references import prompt_fingerprint
     from tuning.registry import AdapterRegistry
 
-    record = AdapterRegistry(get_settings().adapters_dir).rollback()
+    settings = get_settings()
+    _, base = base_model_identity(settings)
+    fingerprint = prompt_fingerprint()
+    record = AdapterRegistry(settings.adapters_dir).rollback(
+        servable=lambda previous: previous.manifest.incompatibility(base, fingerprint))
     print_change("rolled back to", record.version, as_json)
 
 

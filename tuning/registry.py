@@ -36,7 +36,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.digest import sha256_file
+from core.durable import write_atomic
 from core.errors import PolicyRagError
+from core.provision import BaseModelIdentity
 
 MANIFEST = "policyrag-adapter.json"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -72,6 +74,18 @@ class AdapterManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="training curve and base-vs-adapter compare")
     versions: dict[str, str] = Field(default_factory=dict, description="library versions")
     broken: bool = Field(False, description="listed, but its manifest is missing")
+
+    def incompatibility(self, base_model: BaseModelIdentity | None, fingerprint: str) -> str | None:
+        """Why an adapter cannot be served by this code (None: it can): trained on another base
+        model, or on another prompt or answer format (`core.references.prompt_fingerprint`)."""
+        trained_on = self.base_model.model_dump() if self.base_model else {}
+        mismatch = base_model.mismatch(trained_on) if base_model is not None else None
+        if mismatch:
+            return f"was trained on {trained_on.get('name')}, not on the served base model {base_model.name} ({mismatch})"
+        if self.prompt_fingerprint not in (None, fingerprint):
+            return (f"was trained with another prompt or answer format (fingerprint {self.prompt_fingerprint}, "
+                    f"now {fingerprint})")
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"broken"} if not self.broken else None)
@@ -164,14 +178,19 @@ class AdapterRegistry:
                                                   "gate_failures": failures, "reason": reason}))
         return record
 
-    def rollback(self) -> AdapterRecord:
-        """Return to the previously promoted adapter (verified before the switch)."""
+    def rollback(self, *, servable: Callable[[AdapterRecord], str | None] | None = None) -> AdapterRecord:
+        """Return to the previously promoted adapter, verified before the switch: its files, and
+        with `servable` (which says why it cannot be served, or None) that the running code can
+        serve it (same base model and prompt)."""
         with self._lock():
             state = self._state()
             if len(state["promoted"]) < 2:
                 raise RegistryError("nothing to roll back to: fewer than two adapters were ever promoted")
             previous = state["promoted"][-2]
             record = self.load(previous)
+            problem = servable(record) if servable else None
+            if problem:
+                raise RegistryError(f"cannot roll back to {previous}: it {problem}; {state['promoted'][-1]} stays live")
             current = state["promoted"].pop()
             self._write_state(_with_event(state, {"action": "rollback", "version": previous, "from": current}))
         return record
@@ -259,10 +278,7 @@ class AdapterRegistry:
         return json.loads(path.read_text())
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        path = self.root / "registry.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(self.root / "registry.json", json.dumps(state, indent=2) + "\n", mode=0o644)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

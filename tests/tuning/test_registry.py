@@ -108,3 +108,22 @@ def test_concurrent_registrations_get_distinct_versions(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0] * 4
     assert AdapterRegistry(root).versions() == ["v1", "v2", "v3", "v4"]
+
+
+def test_rollback_refuses_an_adapter_the_running_code_cannot_serve(tmp_path):
+    """Issue 15 #13: rollback checked the files but not the base model or the prompt, so it could
+    switch to an adapter trained for another answer format (every answer then fails)."""
+    from core.provision import BaseModelIdentity
+    from core.references import prompt_fingerprint
+
+    registry = AdapterRegistry(tmp_path)
+    old, new = _register(registry), _register(registry, b"other")
+    manifest_path = old.path / "policyrag-adapter.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "prompt_fingerprint": "0c95626697cc6f8b"}))  # the quote-copying format
+    registry.promote(old.version, force=True, reason="test")
+    registry.promote(new.version, force=True, reason="test")
+    base = BaseModelIdentity(name="SmolLM2-135M-Instruct", path="/m", sha256="a" * 64)
+    with pytest.raises(RegistryError, match=f"cannot roll back to {old.version}: it was trained with another prompt"):
+        registry.rollback(servable=lambda record: record.manifest.incompatibility(base, prompt_fingerprint()))
+    assert registry.promoted_version() == new.version
