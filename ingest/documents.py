@@ -15,6 +15,10 @@ from retrieval.directory import Region
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 
+MAX_GROUPS = 32
+_GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class DocumentMeta(BaseModel):
     """Front matter (or sidecar) of one policy document. `groups` says who may read it."""
 
@@ -52,10 +56,16 @@ class DocumentMeta(BaseModel):
     def _groups_list(cls, value: object) -> object:
         if isinstance(value, str):
             value = [g.strip() for g in value.split(",")]
-        if isinstance(value, (list, tuple)):
-            cleaned = tuple(sorted({str(g).strip() for g in value if str(g).strip()}))
-            return cleaned
-        return value
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("groups must be a list of group names, e.g. [all-staff]")  # noqa: TRY004 - pydantic reports ValueError
+        if len(value) > MAX_GROUPS:
+            raise ValueError(f"groups lists {len(value)} entries; at most {MAX_GROUPS} are allowed")
+        for group in value:
+            # never echo a huge value back: a crafted file made a 522 MB group name
+            if not isinstance(group, str) or not _GROUP_RE.match(group.strip()):
+                shown = repr(group)[:40] + ("…" if len(repr(group)) > 40 else "")
+                raise ValueError(f"group {shown} is not a group name (a short word: letters, digits, '-', '_', '.')")
+        return tuple(sorted({g.strip() for g in value if g.strip()}))
 
     @property
     def parsed_version(self) -> Version:

@@ -163,11 +163,28 @@ def _decode_text(rel: str, raw: bytes) -> str:
         ) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: metadata never needs them, and nested aliases let a
+    501-byte file expand into hundreds of megabytes ("billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in document metadata",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+class _MetadataHandler(frontmatter.YAMLHandler):
+    def load(self, fm: str, **kwargs: object) -> object:
+        return yaml.load(fm, Loader=_NoAliasLoader)  # a SafeLoader without aliases
+
+
 def _split_front_matter(rel: str, text: str) -> tuple[dict, str]:
     if not text.lstrip("\ufeff").startswith("---"):
         return {}, text
     try:
-        post = frontmatter.loads(text)
+        post = frontmatter.loads(text, handler=_MetadataHandler())
     except yaml.YAMLError as exc:
         raise DocumentRejected(
             rel, "front_matter", f"malformed front matter ({_one_line(exc)}); fix the YAML"
@@ -179,7 +196,7 @@ def _split_front_matter(rel: str, text: str) -> tuple[dict, str]:
 
 def _read_sidecar(rel: str, sidecar: Path) -> dict:
     try:
-        data = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
+        data = yaml.load(sidecar.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # a SafeLoader without aliases
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DocumentRejected(
             rel, "front_matter", f"malformed sidecar {sidecar.name} ({_one_line(exc)})"
@@ -292,9 +309,22 @@ def _pdf_text(rel: str, path: Path, raw: bytes) -> str:
     return text
 
 
+# A DOCX is a zip: its compressed size says little. A 216 KB file expanded to 74 MB of XML and a
+# 1.27 GB peak. The sizes the archive declares are checked before anything is inflated.
+DOCX_MAX_UNCOMPRESSED = 30 * 1024 * 1024
+DOCX_MAX_RATIO = 100
+
+
 def _docx_text(rel: str, path: Path, raw: bytes) -> str:
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         raise DocumentRejected(rel, "corrupt", "not a DOCX (not a zip archive); is it damaged?")
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        inflated = sum(info.file_size for info in archive.infolist())
+    if inflated > DOCX_MAX_UNCOMPRESSED or inflated > DOCX_MAX_RATIO * max(len(raw), 1):
+        raise DocumentRejected(
+            rel, "too_large",
+            f"the DOCX expands to {inflated / 1e6:.1f} MB ({inflated / max(len(raw), 1):.0f}x its {len(raw) / 1e3:.0f} KB); "
+            f"the limits are {DOCX_MAX_UNCOMPRESSED // (1024 * 1024)} MB and {DOCX_MAX_RATIO}x: split it or remove embedded content")
     from llama_index.readers.file import DocxReader
 
     try:

@@ -126,3 +126,40 @@ def test_unknown_group_is_rejected(tmp_path):
     p = write_policy(tmp_path, "t.md", doc_id="t", groups="[al-staff]", body="Text.")
     err = rejected_reason(p, tmp_path, known_groups={"all-staff", "hr"})
     assert err.reason == "unknown_group" and "al-staff" in err.message
+
+
+def test_a_docx_that_expands_far_beyond_its_size_is_rejected_before_it_is_inflated(tmp_path):
+    """Issue 15 #4: a 216 KB DOCX expanded to 74 MB of XML and a 1.27 GB peak."""
+    import time
+
+    path = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", "<w:document>" + " " * 40_000_000 + "</w:document>")
+    assert path.stat().st_size < 200_000
+    started = time.perf_counter()
+    err = rejected_reason(path, tmp_path, max_bytes=10_000_000)
+    assert err.reason == "too_large" and "expands to 40.0 MB" in err.message
+    assert time.perf_counter() - started < 2
+
+
+def test_yaml_aliases_and_huge_group_names_are_rejected_without_expanding_them(tmp_path):
+    """Issue 15 #4: a 501-byte .md with nested YAML aliases in `groups` produced a 522 MB group
+    name in 22 s, echoed in the error."""
+    import time
+
+    laughs = "\n".join([
+        "---", "id: bomb", "title: Bomb", "version: 1", "effective_date: 2025-01-01", "owner: x",
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+        *(f"{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]" for p, n in zip("abcdefgh", "bcdefghi")),
+        "groups: *i", "---", "Text.",
+    ])
+    (tmp_path / "bomb.md").write_text(laughs)
+    assert len(laughs) < 600
+    started = time.perf_counter()
+    err = rejected_reason(tmp_path / "bomb.md", tmp_path)
+    assert err.reason == "front_matter" and "aliases" in err.message and len(err.message) < 300
+    assert time.perf_counter() - started < 1
+    long = write_policy(tmp_path, "long.md", doc_id="long", body="## 1. A\n\nText.", groups="[" + "x" * 5000 + "]")
+    err = rejected_reason(long, tmp_path)
+    assert err.reason == "front_matter" and "is not a group name" in err.message and len(err.message) < 300
