@@ -163,5 +163,5 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
             if supervisor is not None:
                 supervisor.on_restart = backend.forget_adapters
     pipeline = AnswerPipeline(settings, retriever, backend, base_model=identity)
-    auth = Authenticator(settings, retriever.directory)
+    auth = Authenticator(settings, lambda: retriever.directory)  # follows edits of the directory file
     return Service(settings=settings, pipeline=pipeline, auth=auth, supervisor=supervisor)

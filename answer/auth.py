@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from core.durable import write_atomic
@@ -89,13 +90,13 @@ class ApiKeyStore:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, directory: Directory) -> None:
+    def __init__(self, settings: Settings, directory: Directory | Callable[[], Directory]) -> None:
+        """`directory` is the directory, or a function giving it as it is now (the retriever's
+        live one: removing a user or a demo key from the file takes effect at the next request)."""
         self.settings = settings
-        self.directory = directory
+        self._directory = directory if callable(directory) else (lambda: directory)
         self.keys = ApiKeyStore(settings.api_keys_path)
-        self._demo = {}
-        if settings.environment == "local":
-            self._demo = {hash_key(u.api_key): uid for uid, u in directory.users.items() if u.api_key}
+        self._demo_of: tuple[Directory, dict[str, str]] | None = None
         self._rs256_key = None
         if settings.jwt_rs256_public_key_file is not None:
             try:
@@ -104,6 +105,21 @@ class Authenticator:
                 raise ConfigError(
                     f"POLICYRAG_JWT_RS256_PUBLIC_KEY_FILE {settings.jwt_rs256_public_key_file} cannot be read ({exc})"
                 ) from None
+
+    @property
+    def directory(self) -> Directory:
+        return self._directory()
+
+    @property
+    def _demo(self) -> dict[str, str]:
+        """Hashed demo keys of the directory now (recomputed only when it changed)."""
+        directory = self.directory
+        if self._demo_of is None or self._demo_of[0] is not directory:
+            demo = {}
+            if self.settings.environment == "local":
+                demo = {hash_key(u.api_key): uid for uid, u in directory.users.items() if u.api_key}
+            self._demo_of = (directory, demo)
+        return self._demo_of[1]
 
     def principal_for(self, authorization: str | None, api_key_header: str | None = None) -> Principal:
         user = self.user_for(authorization, api_key_header)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +12,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # the regions a document or a user belongs to; access by region is decided in retrieval/acl.py
 Region = Literal["global", "UK", "US", "DE"]
@@ -51,3 +56,43 @@ def load_directory(path: Path) -> Directory:
         return Directory.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"directory file {path} is invalid: {exc}") from None
+
+
+class LiveDirectory:
+    """The directory file as it is now: `current()` re-reads it when its modification time or size
+    changed (one `stat` per call), so a user or group removed from the file loses access at the
+    next request, not at the next restart. An edit that does not load (bad YAML, unknown field)
+    is logged and the last valid directory stays in force until the file is fixed.
+
+    Usage: `LiveDirectory(path).current().users`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._directory = load_directory(path)
+        self.reloads = 0
+        self.error: str | None = None  # why the file's current content is not in force
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return info.st_mtime_ns, info.st_size
+
+    def current(self) -> Directory:
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return self._directory
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    self._directory = load_directory(self.path)
+                    self.error = None
+                    self.reloads += 1
+                except ConfigError as exc:
+                    self.error = str(exc)
+                    logger.error("the directory edit is not in force, the last valid one is: %s", exc)
+                self._stamp = stamp
+        return self._directory

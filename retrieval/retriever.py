@@ -16,7 +16,7 @@ from typing import Literal
 from core.errors import ConfigError
 from core.settings import Settings
 from retrieval.acl import Principal, SearchFilters, build_acl_filter, resolve_principal
-from retrieval.directory import Directory, load_directory
+from retrieval.directory import Directory, LiveDirectory
 from retrieval.embed import DenseEmbedder, SparseEncoder
 from retrieval.store import ChunkPayload, ScoredChunk, Store, StoreQuery
 from retrieval.store_factory import open_store
@@ -54,7 +54,7 @@ class Retriever:
         self,
         store: Store,
         embedder: DenseEmbedder,
-        directory: Directory,
+        directory: Directory | LiveDirectory,
         *,
         sparse: SparseEncoder | None = None,
         score_floor: float = 0.3,
@@ -70,7 +70,7 @@ class Retriever:
             raise ConfigError(f"mmr_lambda must be in [0, 1] or None, got {mmr_lambda}")
         self.store = store
         self.embedder = embedder
-        self.directory = directory
+        self._directory = directory
         self.sparse = sparse or SparseEncoder()
         self.score_floor = score_floor
         self.candidates = candidates
@@ -89,12 +89,18 @@ class Retriever:
             store or open_store(settings),
             embedder
             or DenseEmbedder(embedding_model_path(settings), dtype=settings.embedding_dtype),
-            load_directory(settings.directory_file),
+            LiveDirectory(settings.directory_file),
             score_floor=settings.retrieval_score_floor,
             mmr_lambda=settings.retrieval_mmr_lambda,
             hnsw_ef=settings.retrieval_hnsw_ef,
             hybrid_hnsw_ef=settings.retrieval_hybrid_hnsw_ef,
         )
+
+    @property
+    def directory(self) -> Directory:
+        """The directory now (a `LiveDirectory` follows edits of its file)."""
+        source = self._directory
+        return source.current() if isinstance(source, LiveDirectory) else source
 
     def principal(self, user: str | Principal) -> Principal:
         return user if isinstance(user, Principal) else resolve_principal(self.directory, user)

@@ -87,3 +87,31 @@ def test_missing_or_malformed_headers_say_what_to_send(auth):
     for header in (None, "", "Basic xyz", "Bearer "):
         with pytest.raises(Unauthenticated, match="Bearer"):
             auth.principal_for(header)
+
+
+def test_an_edit_of_the_directory_takes_effect_at_the_next_request(make_service, tmp_path):
+    """Issue 15 #7: the directory was read once at start, so a removed user or group kept access
+    until a restart. A broken edit keeps the last valid directory (and says so in the log)."""
+    import shutil
+
+    import yaml
+    from fastapi.testclient import TestClient
+
+    from answer.app import create_app
+    from tests.answer.hardening import ALICE, BOB
+
+    directory = tmp_path / "directory.yaml"
+    shutil.copy(PROJECT_ROOT / "policies" / "directory.yaml", directory)
+    service = make_service("live-directory", directory_file=directory, retrieval_score_floor=0.99)
+    with TestClient(create_app(service)) as client:
+        assert client.get("/v1/me", headers=BOB).status_code == 200
+        data = yaml.safe_load(directory.read_text())
+        del data["users"]["bob"]
+        data["users"]["alice"]["groups"] = ["contractors"]
+        directory.write_text(yaml.safe_dump(data))
+        assert client.get("/v1/me", headers=BOB).status_code == 401  # his demo key went with him
+        assert client.get("/v1/me", headers=ALICE).json()["groups"] == ["contractors"]
+        assert service.pipeline.retriever.principal("alice").groups == ("contractors",)
+        directory.write_text("users: [broken")
+        assert client.get("/v1/me", headers=ALICE).json()["groups"] == ["contractors"]  # the last valid one
+        assert client.get("/v1/me", headers=BOB).status_code == 401
