@@ -315,5 +315,3 @@ class AnswerPipeline:
             latency_ms=result.latency_ms,
             usage=result.usage,
         )
-
-rewrite_turns = earlier_questions  # TEMP: a running `up` holds the previous module in memory

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from answer.audit import AuditLog
 from answer.backends import BackendUnavailable
-from answer.pipeline import AnswerPipeline, AnswerResult, rewrite_turns as earlier_questions  # TEMP for the running up
+from answer.pipeline import AnswerPipeline, AnswerResult, earlier_questions
 from core.contract import render_answer
 from core.errors import ConfigError
 from core.settings import Settings
