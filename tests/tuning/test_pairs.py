@@ -63,6 +63,19 @@ def test_restricted_variant_refuses_for_a_user_who_may_not_read_the_source(corpu
     assert any(r.seed_id == "band" and r.rule == "outside_audience" for r in rejections)
 
 
+def test_unsupported_variant_refuses_when_the_source_is_taken_out_of_the_context(corpus_retriever):
+    """The asker may read the source, but the context is what retrieval brings after it: passages
+    near the subject that do not hold the answer. The target refuses instead of answering from them."""
+    candidates, _ = _builder(corpus_retriever).build(SEEDS[:2])
+    unsupported = [c for c in candidates if c.variant == "unsupported"]
+    assert [c.seed.id for c in unsupported] == ["meal"]  # not for the seed outside the audience
+    (c,) = unsupported
+    assert c.user == "alice" and c.question == SEEDS[0].question
+    assert c.target.status == "refused" and c.target.reason == "no_authorized_source"
+    assert 1 <= len(c.context) <= 3
+    assert all(p.doc_id != "expenses" and SEEDS[0].quote not in p.text for p in c.context)
+
+
 def test_refusal_kinds_get_their_reasons(corpus_retriever):
     candidates, _ = _builder(corpus_retriever).build(SEEDS[2:])
     reasons = {c.seed.id: c.target.reason for c in candidates if c.variant == "original"}
