@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pydantic import SecretStr
 
 from core.settings import Settings
 from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, copy_data, free_port
@@ -40,7 +41,7 @@ def server(vllm_settings, base_model_dir):
 def vllm_service(server, vllm_settings, embedder):
     from answer.app import build_service
 
-    svc = build_service(vllm_settings.model_copy(update={"vllm_url": server.url, "vllm_api_key": server.api_key}),
+    svc = build_service(vllm_settings.model_copy(update={"vllm_url": server.url, "vllm_api_key": SecretStr(server.api_key)}),
                         embedder=embedder)
     server.on_restart = svc.backend.forget_adapters
     yield svc
@@ -183,7 +184,7 @@ def test_ragas_llm_judged_metrics_parse_from_a_small_json_schema_constrained_vll
     settings = vllm_settings.model_copy(update={
         "data_dir": tmp_path / "data", "gold_set_file": gold, "eval_judge_url": server.url,
         "eval_judge_model": "base", "eval_judge_items": 1, "eval_judge_max_tokens": 256,
-        "eval_judge_api_key": server.api_key})
+        "eval_judge_api_key": SecretStr(server.api_key)})
     out = run_eval(settings, service=vllm_service, adapter="v1")
     run, rows = load_run(settings, out.run_id)
     assert run.judge["model"] == "base" and run.judge["url"] == server.url and run.judge["items_judged"] == 1
