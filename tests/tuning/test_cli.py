@@ -28,7 +28,9 @@ def test_build_data_on_the_shipped_seeds_gives_every_target_kind(cli_env):
     assert set(report["by_target"]) == {
         "answered", "escalate/needs_human", "refused/no_authorized_source", "refused/not_in_policy", "refused/out_of_scope"}
     assert {"restricted", "distractor", "shuffled", "paraphrase"} <= set(report["by_variant"])
-    assert report["rejected"].get("context_miss", 0) <= 10  # seeds whose quote retrieval misses
+    # variants whose question does not retrieve the seed's quote: 205 of 4,417 with the section seeds
+    assert report["rejected"].get("context_miss", 0) <= 0.08 * report["candidates"]
+    assert {"restricted", "unsupported"} <= set(report["by_variant"])
     lines = (cli_env.datasets_dir / report["dataset"].rsplit("/", 1)[-1] / "pairs.jsonl").read_text().splitlines()
     assert len(lines) == report["pairs"]
     # rebuilding the same seeds on the same index gives the same dataset version
