@@ -6,8 +6,10 @@ An answer is one of three shapes, told apart by `status`:
     {"status": "refused",  "answer": null,  "citations": [], "reason": "not_in_policy"}
     {"status": "escalate", "answer": "...", "citations": [...], "reason": "needs_human"}
 
-Each shape is its own model, so the JSON schema used for constrained decoding already forbids an
-`answered` without citations or a `refused` with text; `parse_answer` validates the same rules.
+Each shape is its own model, so its JSON schema already forbids an `answered` without citations
+or a `refused` with text; `parse_answer` validates the same rules. The model itself writes the
+same shapes with sentence ids as citations (the wire format, `core.references`), and the service
+turns them into these.
 
 Refusal reasons depend only on what the asking user can see, never on what exists, so a refusal
 cannot reveal a restricted document:
