@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.durable import write_all
 from core.settings import Settings
 
 CURRENT = "audit.jsonl"
@@ -109,9 +110,7 @@ class AuditLog:
                     self._rotate()
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
-                    written = 0
-                    while written < len(line):  # a short write (signal, full pipe) continues, never half a line
-                        written += os.write(fd, line[written:])
+                    write_all(fd, line)
                     os.fsync(fd)
                 finally:
                     os.close(fd)

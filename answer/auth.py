@@ -196,12 +196,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def demo_key_users(settings: Settings) -> list[str]:
+    """Users of the directory file that carry a (published) demo API key."""
+    return [uid for uid, user in load_directory(settings.directory_file).users.items() if user.api_key]
+
+
 def check_bind(settings: Settings, host: str) -> None:
     """The directory's demo keys are published: in `local` they work only on a loopback bind, so
     `--host 0.0.0.0` with demo keys refuses to start instead of opening them to the network."""
     if settings.environment != "local" or is_loopback(host):
         return
-    demo = [uid for uid, user in load_directory(settings.directory_file).users.items() if user.api_key]
+    demo = demo_key_users(settings)
     if demo:
         raise ConfigError(
             f"refusing to serve on {host}: the directory {settings.directory_file} holds published demo API keys "
@@ -216,7 +221,7 @@ def check_production_secrets(settings: Settings) -> None:
         return
 
     problems = []
-    demo = [uid for uid, user in load_directory(settings.directory_file).users.items() if user.api_key]
+    demo = demo_key_users(settings)
     if demo:
         problems.append(
             f"the directory {settings.directory_file} holds demo API keys "

@@ -61,20 +61,14 @@ class AdapterRef:
         return f"{self.version}-{digest[:12]}" if digest else self.version
 
     def verify(self) -> None:
-        """Check every file against its recorded hash, right before a (re)load: files re-read
-        after a server restart are checked again, not trusted from the first load."""
-        from core.digest import sha256_file
+        """Check every file against its recorded hash (the registry's check), right before a
+        (re)load: files re-read after a server restart are checked again, not trusted."""
+        from tuning.registry import AdapterCorrupted, verify_files
 
-        for name, expected in self.files.items():
-            path = self.path / name
-            try:
-                actual = sha256_file(path)
-            except OSError as exc:
-                raise AdapterUnavailable(f"adapter {self.version}: {name} cannot be read ({exc}); roll back") from None
-            if actual != expected:
-                raise AdapterUnavailable(
-                    f"adapter {self.version}: {name} does not match its recorded hash (changed on disk since it was "
-                    "registered); it is not loaded: roll back or retrain")
+        try:
+            verify_files(self.version, self.path, self.files)
+        except AdapterCorrupted as exc:
+            raise AdapterUnavailable(f"{exc}; it is not loaded") from None
 
 
 @dataclass(frozen=True)

@@ -83,11 +83,6 @@ def rewrite_follow_up(question: str, previous: Sequence[str]) -> str:
     return " Follow-up: ".join([previous[anchor], *since, question])
 
 
-def earlier_questions(turns: Sequence[str]) -> list[str]:
-    """Earlier user turns as the history `rewrite_follow_up` takes (raw, blank turns dropped)."""
-    return [" ".join(turn.split()) for turn in turns if turn.strip()]
-
-
 @dataclass(frozen=True)
 class ResolvedCitation:
     id: str

@@ -88,11 +88,9 @@ class Service:
     background: BackgroundWork | None = None  # e.g. an adapter being trained while the service answers
     conversations: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _slots: threading.BoundedSemaphore | None = None
-    _per_user: dict[str, int] = field(default_factory=dict)  # answers in flight per user
+    _per_user: dict[str, int] = field(default_factory=dict)  # answers in flight per user: the slots
 
     def __post_init__(self) -> None:
-        self._slots = threading.BoundedSemaphore(self.settings.max_concurrent_answers)
         self.metrics.watch_audit(self.pipeline.audit.size_bytes)
 
     @property
@@ -115,10 +113,7 @@ class Service:
         share); returns the function that gives it back (idempotent)."""
         user = principal.user_id
         with self._lock:
-            self._check_capacity(user)
-            if not self._slots.acquire(blocking=False):
-                raise Overloaded(f"{self.settings.max_concurrent_answers} answers are already in progress; "
-                                 "retry in a few seconds")
+            self._check_capacity(user)  # the service's slots and the user's share, one lock
             self._per_user[user] = self._per_user.get(user, 0) + 1
         released = threading.Event()
 
@@ -130,7 +125,6 @@ class Service:
                 self._per_user[user] -= 1
                 if not self._per_user[user]:
                     del self._per_user[user]
-                self._slots.release()
 
         return release
 

@@ -9,14 +9,18 @@ import os
 from pathlib import Path
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte: a short write (a signal, a full pipe) continues, never half a record."""
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
 def write_atomic(path: Path, text: str, *, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        data = text.encode("utf-8")
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
+        write_all(fd, text.encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)

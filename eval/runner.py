@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from answer.audit import AuditLog
 from answer.backends import BackendUnavailable
-from answer.pipeline import AnswerPipeline, AnswerResult, earlier_questions
+from answer.pipeline import AnswerPipeline, AnswerResult
 from core.contract import render_answer
 from core.errors import ConfigError
 from core.settings import Settings
@@ -153,7 +153,7 @@ def evaluate(pipeline: AnswerPipeline, eval_set: EvalSet, docs: dict[str, DocInf
         principal = pipeline.retriever.principal(item.user)
         for attempt in range(3):  # a busy or restarting model server costs a retry, not the run
             try:
-                result = pipeline.answer(principal, item.question, history=earlier_questions(item.turns), endpoint="eval",
+                result = pipeline.answer(principal, item.question, history=item.turns, endpoint="eval",
                                          adapter_version=adapter, constrained=constrained)
                 break
             except BackendUnavailable:

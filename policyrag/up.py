@@ -54,8 +54,9 @@ def plan(settings: Settings) -> Plan:
     fingerprint = prompt_fingerprint()
     unservable = {record.version: problem for record in registry.list() if not record.manifest.broken
                   and (problem := record.manifest.incompatibility(base, fingerprint))}
-    withdraw = tuple((v, unservable[v]) for v in dict.fromkeys(registry.promotion_history()) if v in unservable)
-    promoted = next((v for v in reversed(registry.promotion_history()) if v not in unservable), None)
+    history = registry.promotion_history()
+    withdraw = tuple((v, unservable[v]) for v in dict.fromkeys(history) if v in unservable)
+    promoted = next((v for v in reversed(history) if v not in unservable), None)
     if promoted:
         return Plan("serve", promoted, f"adapter {promoted} is promoted", withdraw)
     versions = [v for v in registry.versions() if v not in unservable]

@@ -71,8 +71,6 @@ class LiveDirectory:
         self._lock = threading.Lock()
         self._stamp = self._stat()
         self._directory = load_directory(path)
-        self.reloads = 0
-        self.error: str | None = None  # why the file's current content is not in force
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -89,10 +87,7 @@ class LiveDirectory:
             if stamp != self._stamp:
                 try:
                     self._directory = load_directory(self.path)
-                    self.error = None
-                    self.reloads += 1
                 except ConfigError as exc:
-                    self.error = str(exc)
                     logger.error("the directory edit is not in force, the last valid one is: %s", exc)
                 self._stamp = stamp
         return self._directory

@@ -253,15 +253,7 @@ class AdapterRegistry:
             manifest = AdapterManifest.model_validate_json((folder / MANIFEST).read_text())
         except (OSError, ValidationError) as exc:
             raise AdapterCorrupted(f"adapter {version}: manifest unreadable ({exc}); retrain or restore it") from None
-        for name, expected in manifest.files.items():
-            path = folder / name
-            if not path.exists():
-                raise AdapterCorrupted(f"adapter {version}: {name} is missing; retrain or restore it")
-            if sha256_file(path) != expected:
-                raise AdapterCorrupted(
-                    f"adapter {version}: {name} does not match its recorded sha256 (corrupted or edited); "
-                    "retrain or restore it, or roll back"
-                )
+        verify_files(version, folder, manifest.files)
         return AdapterRecord(version, folder, manifest)
 
     # -- state ------------------------------------------------------------------------------
@@ -289,6 +281,21 @@ class AdapterRegistry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def verify_files(version: str, folder: Path, files: dict[str, str]) -> None:
+    """Every file of an adapter present with its recorded sha256; raises AdapterCorrupted naming
+    the first that is not. The registry checks on load, the backends again before every (re)load."""
+    for name, expected in files.items():
+        try:
+            actual = sha256_file(folder / name)
+        except OSError:
+            raise AdapterCorrupted(f"adapter {version}: {name} is missing or cannot be read; retrain or restore it") from None
+        if actual != expected:
+            raise AdapterCorrupted(
+                f"adapter {version}: {name} does not match its recorded hash (sha256; corrupted or edited since it "
+                "was registered); retrain or restore it, or roll back"
+            )
 
 
 def _with_event(state: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
