@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Callable
@@ -32,6 +33,30 @@ KEY_PREFIX = "prk_"
 class Unauthenticated(PolicyRagError):
     code = "unauthenticated"
     http_status = 401
+
+
+class NotAnOperator(PolicyRagError):
+    """A valid credential whose user is in none of POLICYRAG_OPERATOR_GROUPS (403)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+def require_operator(settings: Settings, principal: Principal) -> Principal:
+    if not set(principal.groups) & set(settings.operator_groups):
+        raise NotAnOperator(f"{principal.user_id} is in none of the operator groups "
+                            f"({', '.join(settings.operator_groups)}; POLICYRAG_OPERATOR_GROUPS)")
+    return principal
+
+
+def metrics_allowed(settings: Settings, client_host: str, authorization: str | None) -> bool:
+    """/metrics without a user credential: the configured metrics token as a bearer token, or,
+    when no token is configured, a loopback client (a local `curl`)."""
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    if token:
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+    return is_loopback(client_host)
 
 
 def hash_key(key: str) -> str:

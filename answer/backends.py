@@ -17,6 +17,7 @@ schema to constrain the output to (None: free text), and return the text with to
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from core.errors import PolicyRagError
+from tuning.status import STATUS_PREFIX, TOP_LOGPROBS, model_top_logprobs
 
 TokenCallback = Callable[[str], None]
 
@@ -93,6 +95,10 @@ class Backend(Protocol):
         on_token: TokenCallback | None = None,
         schema: dict | None = None,
     ) -> Generation: ...
+
+    def status_top_logprobs(self, messages: Sequence[dict[str, str]], adapter: AdapterRef | None) -> dict[str, float]:
+        """The most likely next tokens where the answer writes its status (tuning/status.py)."""
+        ...
 
     def health(self) -> tuple[bool, str]: ...
 
@@ -171,6 +177,33 @@ class VllmBackend:
             # register the adapter again and retry once
             self.forget_adapters()
             return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, schema=schema)
+
+    def status_top_logprobs(self, messages, adapter) -> dict[str, float]:
+        try:
+            return self._status_top_logprobs(messages, adapter)
+        except _ModelGone:
+            if adapter is None:
+                raise
+            self.forget_adapters()
+            return self._status_top_logprobs(messages, adapter)
+
+    def _status_top_logprobs(self, messages, adapter) -> dict[str, float]:
+        """One token after the answer's opening `{"status": "`, continued from a partial assistant
+        message; the prompt is the generation's own, so the prefix cache serves it again."""
+        if adapter is not None:
+            self.ensure_adapter(adapter)
+        body = {
+            "model": adapter.served_name if adapter else self.served_base,
+            "messages": [*messages, {"role": "assistant", "content": STATUS_PREFIX}],
+            "continue_final_message": True, "add_generation_prompt": False,
+            "temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": TOP_LOGPROBS,
+        }
+        data = self._request("POST", "/chat/completions", json=body).json()
+        content = ((data["choices"][0].get("logprobs") or {}).get("content") or [{}])[0]
+        top: dict[str, float] = {}
+        for entry in content.get("top_logprobs") or []:
+            top[entry["token"]] = max(top.get(entry["token"], -math.inf), float(entry["logprob"]))
+        return top
 
     def _generate(self, messages, adapter, *, max_tokens, on_token, schema) -> Generation:
         if adapter is not None:
@@ -350,6 +383,15 @@ class LocalBackend:
                     count = int(result["out"].shape[1] - inputs["input_ids"].shape[1])
         finish = "length" if count >= max_tokens else "stop"
         return Generation(text, active or "base", int(inputs["input_ids"].shape[1]), count, finish, first)
+
+    def status_top_logprobs(self, messages, adapter) -> dict[str, float]:
+        import contextlib
+
+        with self._lock:
+            active = self._activate(adapter)
+            plain = self.model.disable_adapter() if active is None and self._adapters else contextlib.nullcontext()
+            with plain:
+                return model_top_logprobs(self.model, self.tokenizer, messages)
 
     def _grammar(self, schema: dict):
         # no free whitespace, and the separators of render_wire (the training targets): with

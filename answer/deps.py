@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from answer.auth import metrics_allowed, require_operator
 from answer.pipeline import AnswerPipeline
 from answer.service import Service
 from core.settings import Settings
@@ -52,6 +53,29 @@ def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_operator(service: ServiceDep, principal: PrincipalDep) -> Principal:
+    return require_operator(service.settings, principal)
+
+
+OperatorDep = Annotated[Principal, Depends(get_operator)]
+
+
+def check_metrics_access(
+    request: Request,
+    service: ServiceDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> bool:
+    """The metrics token (Prometheus), a loopback client when no token is set, or an operator."""
+    if metrics_allowed(service.settings, request.client.host if request.client else "", authorization):
+        return True
+    get_operator(service, get_principal(request, service, authorization, x_api_key))
+    return True
+
+
+MetricsAccessDep = Annotated[bool, Depends(check_metrics_access)]
 
 
 def request_id(request: Request) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from answer.audit import AuditLog, AuditRecord
 from answer.backends import AdapterRef, AdapterUnavailable, Backend, Generation
 from core.contract import (
+    MAX_ANSWER_CHARS,
     Answered,
     AnswerFormatError,
     Escalated,
@@ -43,7 +44,18 @@ from core.settings import Settings
 from core.verify import repair_answer
 from retrieval.acl import Principal
 from retrieval.retriever import Passage, Retriever
-from tuning.registry import AdapterManifest, AdapterRegistry, RegistryError
+from tuning.registry import (
+    AdapterManifest,
+    AdapterRegistry,
+    RegistryError,
+)
+from tuning.status import (
+    DECIDER_FILE,
+    FEATURES,
+    StatusDecider,
+    SupportScorer,
+    status_logprobs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +132,7 @@ class AnswerResult:
     schema_valid: bool | None = None  # raw output parsed as a house answer
     raw_citations: int = 0  # citations in the raw answer
     raw_valid_citations: int = 0  # of those, how many verified
+    status_decision: dict[str, Any] | None = None  # the status decider's inputs and choice (eval only)
 
     @property
     def status(self) -> str:
@@ -152,6 +165,8 @@ class AnswerPipeline:
         self.audit = audit or AuditLog.from_settings(settings)
         self.base_model = base_model  # None: adapters are not checked against the served model (tests)
         self._verified: dict[str, AdapterRef] = {}
+        self._deciders: dict[str, StatusDecider | None] = {}
+        self.support = SupportScorer(retriever.embedder)
         self._retrieval_lock = threading.Lock()
         self.fingerprint = prompt_fingerprint()
 
@@ -177,8 +192,32 @@ class AnswerPipeline:
             except RegistryError as exc:
                 raise AdapterUnavailable(f"the promoted adapter cannot be used: {exc}") from None
             self._check_compatible(record.version, record.manifest)
+            self._deciders[version] = self._load_decider(record.version, record.path, record.manifest)
             ref = self._verified[version] = AdapterRef(version, record.path, dict(record.manifest.files))
         return ref
+
+    def _load_decider(self, version: str, path, manifest: AdapterManifest) -> StatusDecider | None:
+        """The adapter's status decider when it was registered with one (`registry.load` has
+        checked its hash with the adapter's other files)."""
+        if DECIDER_FILE not in manifest.files:
+            return None
+        try:
+            return StatusDecider.load(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise AdapterUnavailable(f"the status decider of adapter {version} cannot be used: {exc}") from None
+
+    def _decide_status(self, query: str, passages: Sequence[Passage], messages, adapter: AdapterRef | None):
+        """The status chosen before generation (tuning/status.py), or None: no adapter, an
+        adapter without a decider, or the decider switched off."""
+        decider = self._deciders.get(adapter.version) if adapter is not None else None
+        if decider is None or not self.settings.status_decider:
+            return None, None
+        with self._retrieval_lock:  # the embedder is used one call at a time
+            support = self.support.features(query, passages)
+        features = status_logprobs(self.backend.status_top_logprobs(messages, adapter)) + support
+        status = decider.decide(features)
+        return status, {"status": status, "scores": {k: round(v, 4) for k, v in decider.scores(features).items()},
+                        "features": dict(zip(FEATURES, (round(f, 4) for f in features)))}
 
     def _check_compatible(self, version: str, manifest: AdapterManifest) -> None:
         problem = manifest.incompatibility(self.base_model, self.fingerprint)
@@ -218,6 +257,7 @@ class AnswerPipeline:
         schema_valid: bool | None = None
         raw_citations = raw_valid = 0
         generation_ms = 0.0
+        decision = None
         if not passages:
             # nothing this user may read is on the subject: refuse without asking the model
             answer: HouseAnswer = refusal("no_authorized_source")
@@ -225,10 +265,14 @@ class AnswerPipeline:
             t1 = time.perf_counter()
             on_token = (lambda text: emit("token", text)) if on_event else None
             sentences = number_sentences(passages)
+            messages = build_messages(query, passages)
+            status = None
+            if constrained:  # a decided status is enforced by the schema, so only when constrained
+                status, decision = self._decide_status(query, passages, messages, adapter)
             generation = self.backend.generate(
-                build_messages(query, passages), adapter,
+                messages, adapter,
                 max_tokens=self.settings.answer_max_tokens, on_token=on_token,
-                schema=wire_json_schema(sentences) if constrained else None,
+                schema=wire_json_schema(sentences, status=status) if constrained else None,
             )
             generation_ms = (time.perf_counter() - t1) * 1000
             try:
@@ -244,6 +288,8 @@ class AnswerPipeline:
             # quotes are slices of the passages, so this finds nothing unless the resolver broke;
             # it stays as the last check before anything reaches a caller
             answer, problems = repair_answer(parsed, passages)
+            if isinstance(answer, Escalated):
+                answer = self._escalation(answer, passages)
             repairs.extend(unknown + problems)
             raw_valid = raw_citations - len(unknown) if schema_valid else 0
 
@@ -272,9 +318,19 @@ class AnswerPipeline:
             schema_valid=schema_valid,
             raw_citations=raw_citations,
             raw_valid_citations=raw_valid,
+            status_decision=decision,
         )
         self.audit.append(self._audit_record(result, endpoint))
         return result
+
+    def _escalation(self, answer: Escalated, passages: Sequence[Passage]) -> Escalated:
+        """Every escalation says the one configured thing, naming the team that owns the cited
+        document (else the best passage's): the model decides *that* a person is needed, never
+        what the user is told to do (free text could carry anything, e.g. a phishing address)."""
+        by_id = {p.citation_id: p for p in passages}
+        source = by_id[answer.citations[0].id] if answer.citations else passages[0]
+        text = self.settings.escalation_template.format(owner=source.owner or "owner of this policy", title=source.title)
+        return answer.model_copy(update={"answer": text[:MAX_ANSWER_CHARS]})
 
     def _resolve(self, answer: HouseAnswer, passages: Sequence[Passage]) -> list[ResolvedCitation]:
         by_id = {p.citation_id: p for p in passages}

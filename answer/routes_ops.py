@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from answer.deps import ServiceDep
+from answer.deps import MetricsAccessDep, OperatorDep, PrincipalDep, ServiceDep
+from answer.service import describe_work
 from core.errors import PolicyRagError
 
 STATIC = Path(__file__).parent / "static"
@@ -24,44 +24,43 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Store, model backend and promoted adapter reachable")
+@router.get("/readyz", summary="Ready to answer: 200 or 503, nothing more")
 def readyz(service: ServiceDep):
-    """Readiness, with a reason per check (503 with Retry-After when not ready)."""
-    checks: dict[str, dict[str, Any]] = {}
-    try:
-        count = service.pipeline.store_count()
-        checks["store"] = {"ok": count > 0, "detail": f"{count} passages indexed" if count else "the index is empty; run policyrag ingest"}
-    except Exception as exc:  # any store failure means not ready
-        checks["store"] = {"ok": False, "detail": f"store unreachable: {exc}"}
-    ok, detail = service.backend.health()
-    checks["model_backend"] = {"ok": ok, "detail": detail}
-    try:
-        adapter = service.pipeline.current_adapter()
-        if adapter is None:
-            checks["adapter"] = {"ok": True, "detail": "no adapter promoted: answering with the base model"}
-        else:
-            if ok and hasattr(service.backend, "ensure_adapter"):
-                service.backend.ensure_adapter(adapter)
-            checks["adapter"] = {"ok": True, "detail": f"promoted adapter {adapter.version}"}
-    except PolicyRagError as exc:
-        checks["adapter"] = {"ok": False, "detail": str(exc)}
-    ready = all(c["ok"] for c in checks.values())
-    if service.background is not None:  # informational: answering goes on meanwhile
-        work = service.background.as_dict()
-        checks["background"] = {"ok": work["state"] != "failed", "detail": _describe(work), **work}
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503,
+    """Readiness for load balancers and orchestrators. Public, so it names nothing (no index
+    size, model, adapter or address: operators read those at /v1/ops/ready); the checks run at
+    most once per POLICYRAG_READINESS_CACHE_S however often it is called."""
+    ready = service.readiness()["ready"]
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503,
                         headers=None if ready else {"Retry-After": "5"})
 
 
-def _describe(work: dict[str, Any]) -> str:
-    if work["state"] != "running":
-        return f"{work['title']}: {work['outcome']}"
-    eta = f", about {work['eta_s'] // 60 + 1} min left" if work["eta_s"] is not None else ""
-    return f"{work['title']}: {work['stage']}{eta}"
+@router.get("/v1/ops/ready", summary="Readiness with a reason per check (operators)")
+def ops_ready(service: ServiceDep, who: OperatorDep):
+    """Every check with its detail, run now: store, model backend, promoted adapter, and the work
+    running beside answering. Only for users in POLICYRAG_OPERATOR_GROUPS."""
+    report = service.readiness(fresh=True)
+    return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
-def metrics(service: ServiceDep) -> Response:
+@router.get("/v1/status", summary="What answers you now, and what runs beside it")
+def status(service: ServiceDep, who: PrincipalDep) -> dict:
+    """For the chat page's banner: the model answering (base or adapter version) and the progress
+    of background work such as an adapter being trained. Nothing about the index or servers."""
+    try:
+        adapter = service.pipeline.current_adapter()
+        serving = f"adapter {adapter.version}" if adapter else "the base model"
+    except PolicyRagError:
+        serving = "unavailable"
+    work = service.background.as_dict() if service.background is not None else None
+    if work is not None:
+        # a failure's text is for operators (/v1/ops/ready): it can name paths and servers
+        work = {**work, "detail": describe_work(work) if work["state"] != "failed" else f"{work['title']}: failed",
+                "outcome": work["outcome"] if work["state"] != "failed" else ""}
+    return {"serving": serving, "background": work}
+
+
+@router.get("/metrics", summary="Prometheus metrics (the metrics token, an operator, or loopback)")
+def metrics(service: ServiceDep, allowed: MetricsAccessDep) -> Response:
     """Counters and histograms in the Prometheus text format."""
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

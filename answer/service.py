@@ -27,6 +27,7 @@ from answer.errors import (
 )
 from answer.metrics import Metrics
 from answer.pipeline import AnswerPipeline, AnswerResult
+from core.errors import PolicyRagError
 from core.settings import Settings
 from retrieval.acl import Principal
 
@@ -50,7 +51,7 @@ def check_unicode(text: str) -> str:
 @dataclass
 class BackgroundWork:
     """Work the service runs beside answering (`policyrag up`: train, evaluate and promote an
-    adapter while the best model available now serves). Operators see it in `/readyz`, users in
+    adapter while the best model available now serves). Operators see it in `/v1/ops/ready`, users in
     the chat page's banner; it never makes the service unready."""
 
     title: str
@@ -89,6 +90,8 @@ class Service:
     conversations: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _per_user: dict[str, int] = field(default_factory=dict)  # answers in flight per user: the slots
+    _ready: tuple[float, dict] | None = None  # (when, report): the last readiness checks
+    _ready_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.metrics.watch_audit(self.pipeline.audit.size_bytes)
@@ -96,6 +99,15 @@ class Service:
     @property
     def backend(self) -> Backend:
         return self.pipeline.backend
+
+    def readiness(self, *, fresh: bool = False) -> dict[str, Any]:
+        """The readiness checks, run at most once per `readiness_cache_s` unless `fresh`; callers
+        arriving meanwhile wait for the one run and share it (no stampede on the store or vLLM)."""
+        with self._ready_lock:
+            now = time.monotonic()
+            if fresh or self._ready is None or now - self._ready[0] >= self.settings.readiness_cache_s:
+                self._ready = (now, readiness_report(self))
+            return self._ready[1]
 
     @contextlib.contextmanager
     def answer_slot(self, principal: Principal) -> Iterator[None]:
@@ -203,3 +215,37 @@ class Service:
             self.pipeline.retriever.store.close()
         except Exception:  # closing is best effort at shutdown
             logger.exception("closing the store failed")
+
+
+def readiness_report(service: Service) -> dict[str, Any]:
+    """The checks behind /readyz and /v1/ops/ready (answer/routes_ops.py)."""
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        count = service.pipeline.store_count()
+        checks["store"] = {"ok": count > 0, "detail": f"{count} passages indexed" if count else "the index is empty; run policyrag ingest"}
+    except Exception as exc:  # any store failure means not ready
+        checks["store"] = {"ok": False, "detail": f"store unreachable: {exc}"}
+    ok, detail = service.backend.health()
+    checks["model_backend"] = {"ok": ok, "detail": detail}
+    try:
+        adapter = service.pipeline.current_adapter()
+        if adapter is None:
+            checks["adapter"] = {"ok": True, "detail": "no adapter promoted: answering with the base model"}
+        else:
+            if ok and hasattr(service.backend, "ensure_adapter"):
+                service.backend.ensure_adapter(adapter)
+            checks["adapter"] = {"ok": True, "detail": f"promoted adapter {adapter.version}"}
+    except PolicyRagError as exc:
+        checks["adapter"] = {"ok": False, "detail": str(exc)}
+    ready = all(c["ok"] for c in checks.values())
+    if service.background is not None:  # informational: answering goes on meanwhile
+        work = service.background.as_dict()
+        checks["background"] = {"ok": work["state"] != "failed", "detail": describe_work(work), **work}
+    return {"ready": ready, "checks": checks}
+
+
+def describe_work(work: dict[str, Any]) -> str:
+    if work["state"] != "running":
+        return f"{work['title']}: {work['outcome']}"
+    eta = f", about {work['eta_s'] // 60 + 1} min left" if work["eta_s"] is not None else ""
+    return f"{work['title']}: {work['stage']}{eta}"

@@ -38,11 +38,15 @@ class DocumentRejected(PolicyRagError):
     code = "document_rejected"
     http_status = 422
 
-    def __init__(self, path: str, reason: str, message: str) -> None:
+    def __init__(self, path: str, reason: str, message: str,
+                 access: tuple[str, tuple[str, ...], str] | None = None) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
         self.reason = reason
         self.message = message
+        # the (id, groups, region) the rejected file declares, when its metadata could be read:
+        # an edit that narrows who may read an indexed document withdraws it (ingest/plan.py)
+        self.access = access
 
 
 class StoreError(PolicyRagError):

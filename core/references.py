@@ -90,10 +90,16 @@ def _wire_schema_text() -> str:
     return json.dumps(_WIRE.json_schema())
 
 
-def wire_json_schema(sentences: Sequence[Sentence] | None = None) -> dict[str, Any]:
+def wire_json_schema(sentences: Sequence[Sentence] | None = None, *, status: str | None = None) -> dict[str, Any]:
     """The wire format's JSON schema; given the prompt's sentences, citation items are an enum of
-    their ids (the per-request schema for constrained decoding)."""
+    their ids (the per-request schema for constrained decoding); given a `status`, only that
+    status's shape is allowed (the status decider chose it, tuning/status.py)."""
     schema = json.loads(_wire_schema_text())
+    if status is not None:
+        target = schema["discriminator"]["mapping"].get(status)
+        if target is None:
+            raise ValueError(f"no wire shape for status {status!r}; one of {sorted(schema['discriminator']['mapping'])}")
+        schema = {"$defs": schema["$defs"], "$ref": target}
     if sentences is None:
         return schema
     refs = [s.ref for s in sentences]

@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     vllm_api_key: SecretStr | None = None
     generation_timeout_s: float = Field(120.0, gt=0, description="one generation, end to end")
     answer_max_tokens: int = Field(320, ge=32, le=2048, description="generated tokens per answer")
+    escalation_template: str = Field(
+        "This needs a decision by a person, not the policy text alone. Please contact the {owner} about "
+        "your case; they own the {title}.",
+        description="the text of every escalation; {owner} and {title} are the owning team and the title of "
+                    "the document the escalation cites (else the best passage's)")
+    readiness_cache_s: float = Field(2.0, ge=0.0, description="/readyz runs its checks at most this often")
+    operator_groups: tuple[str, ...] = Field(("security",), description="groups whose users may read /v1/ops/* and /metrics")
+    metrics_token: SecretStr | None = Field(None, description="bearer token for /metrics (Prometheus); unset: loopback and operators only")
+    status_decider: bool = Field(True, description="let an adapter's status decider choose the status before generation (tuning/status.py)")
     max_question_chars: int = Field(2000, ge=16)
     max_request_bytes: int = Field(64 * 1024, ge=1024)
     max_concurrent_answers: int = Field(
@@ -166,6 +175,16 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("escalation_template", mode="after")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        try:
+            value.format(owner="Team", title="Policy")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"POLICYRAG_ESCALATION_TEMPLATE may use only {{owner}} and {{title}} ({exc!r}); "
+                             "write literal braces as {{ and }}") from None
+        return value
 
     @model_validator(mode="after")
     def _cluster_layout_needs_a_server(self) -> Settings:

@@ -1,12 +1,26 @@
 """Citation verification: every cited id was retrieved for this user and every quote is a
-verbatim substring of that passage. Used to check training targets and model answers alike."""
+verbatim substring of that passage. Used to check training targets and model answers alike.
+
+An answer's own text is checked too: every figure, e-mail address and URL it states must occur in
+one of its cited quotes; otherwise the answer text is replaced by those quotes (the policy's own
+words), so a number or a link the model made up never reaches a user."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from core.contract import Answered, Escalated, Refused, refusal
-from core.prompt import PromptPassage
+from core.contract import (
+    MAX_ANSWER_CHARS,
+    MAX_CITATIONS,
+    MAX_QUOTE_CHARS,
+    Answered,
+    Citation,
+    Escalated,
+    Refused,
+    refusal,
+)
+from core.prompt import PromptPassage, number_sentences
 
 
 def citation_problems(answer: Answered | Refused | Escalated, passages: Sequence[PromptPassage]) -> list[str]:
@@ -22,15 +36,66 @@ def citation_problems(answer: Answered | Refused | Escalated, passages: Sequence
     return problems
 
 
+# URLs, e-mail addresses, then figures (digits with their inner separators: 3.4, 1,000, 09/28)
+_FACT = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\d+(?:[.,:/]\d+)*")
+
+
+def _facts(text: str) -> list[str]:
+    return [m.group(0).rstrip(".,;:") for m in _FACT.finditer(text)]
+
+
+def unsupported_facts(answer: Answered | Refused | Escalated) -> list[str]:
+    """Figures, e-mail addresses and URLs in the answer text that no cited quote contains."""
+    if not answer.answer:
+        return []
+    quoted = {fact.lower() for citation in answer.citations for fact in _facts(citation.quote)}
+    return [fact for fact in dict.fromkeys(_facts(answer.answer)) if fact.lower() not in quoted]
+
+
+def quoted_answer(answer: Answered) -> str:
+    """The answer in the policy's own words: its quotes, joined, cut at a word boundary."""
+    text = " ".join(dict.fromkeys(c.quote for c in answer.citations))
+    if len(text) > MAX_ANSWER_CHARS:
+        text = text[: MAX_ANSWER_CHARS - 1].rsplit(" ", 1)[0] + "…"
+    return text
+
+
 def repair_answer(
     answer: Answered | Refused | Escalated, passages: Sequence[PromptPassage]
 ) -> tuple[Answered | Refused | Escalated, list[str]]:
-    """Drop citations that do not verify; an `answered` left with none becomes a refusal."""
+    """Drop citations that do not verify; an `answered` left with none becomes a refusal; an
+    `answered` whose text states a figure, address or URL no cited quote holds gets its quotes
+    as its text."""
     problems = citation_problems(answer, passages)
-    if not problems:
-        return answer, []
-    by_id = {passage.citation_id: passage for passage in passages}
-    kept = [c for c in answer.citations if c.id in by_id and c.quote in by_id[c.id].text]
-    if isinstance(answer, Answered) and not kept:
-        return refusal("not_in_policy"), problems
-    return answer.model_copy(update={"citations": kept}), problems
+    if problems:
+        by_id = {passage.citation_id: passage for passage in passages}
+        kept = [c for c in answer.citations if c.id in by_id and c.quote in by_id[c.id].text]
+        if isinstance(answer, Answered) and not kept:
+            return refusal("not_in_policy"), problems
+        answer = answer.model_copy(update={"citations": kept})
+    if isinstance(answer, Answered):
+        facts = unsupported_facts(answer)
+        if facts:
+            cited = _cite_facts(answer, passages)
+            named = ", ".join(repr(f) for f in facts[:4])
+            if cited is not None:
+                problems.append(f"the answer states {named}, which no cited quote holds; cited the sentences that do")
+                answer = cited
+            else:
+                problems.append(f"the answer states {named}, which no passage shown holds; answered with the quotes instead")
+                answer = answer.model_copy(update={"answer": quoted_answer(answer)})
+    return answer, problems
+
+
+def _cite_facts(answer: Answered, passages: Sequence[PromptPassage]) -> Answered | None:
+    """The answer with a citation added for each unsupported fact: the first sentence that holds
+    it, in the cited passages first; None when a fact is in no sentence (or citations run out)."""
+    cited_ids = {c.id for c in answer.citations}
+    sentences = sorted(number_sentences(passages), key=lambda s: s.citation_id not in cited_ids)
+    for fact in unsupported_facts(answer):
+        holder = next((s for s in sentences if fact.lower() in {f.lower() for f in _facts(s.text[:MAX_QUOTE_CHARS])}), None)
+        if holder is None or len(answer.citations) >= MAX_CITATIONS:
+            return None
+        quote = Citation(id=holder.citation_id, quote=holder.text[:MAX_QUOTE_CHARS])
+        answer = answer.model_copy(update={"citations": [*answer.citations, quote]})
+    return answer if not unsupported_facts(answer) else None

@@ -126,7 +126,7 @@ def score_item(item: GoldItem, result: AnswerResult, forbidden: list[str], k: in
         "schema_valid": bool(result.schema_valid) if result.model_called else True,
         "model_called": result.model_called, "repaired": bool(result.repairs), "repairs": result.repairs[:4],
         "raw_citations": result.raw_citations, "raw_valid_citations": result.raw_valid_citations,
-        "raw_text": result.raw_text,
+        "raw_text": result.raw_text, "status_decision": result.status_decision,
         "exact_match": exact_match(answer.answer, expected.answer) if expected.status == "answered" else None,
         "token_f1": token_f1(answer.answer, expected.answer) if expected.answer else None,
         "leaks": leaks,

@@ -113,7 +113,16 @@ def load_document(
 
     sidecar = _sidecar_path(path)
     if sidecar.exists():
-        front = {**_read_sidecar(rel, sidecar), **front}
+        # the sidecar is the one source of access: a file cannot set its own groups or region
+        # against it (a front matter saying [all-staff] under a sidecar saying [hr] is rejected)
+        side = _read_sidecar(rel, sidecar)
+        clash = [k for k in ("groups", "region") if k in side and k in front and front[k] != side[k]]
+        if clash:
+            raise DocumentRejected(
+                rel, "access_conflict",
+                f"its front matter sets {' and '.join(clash)} differently from its sidecar {sidecar.name}; "
+                "access comes from the sidecar: remove them from the front matter")
+        front = {**front, **side}
     meta = _build_meta(rel, path, front, body, default_groups)
     if known_groups is not None:
         unknown = sorted(set(meta.groups) - set(known_groups))
@@ -123,10 +132,12 @@ def load_document(
                 "unknown_group",
                 f"unknown group(s) {', '.join(unknown)} in `groups`; known groups: "
                 f"{', '.join(sorted(known_groups))} (fix the typo or add the group to the directory)",
+                access=(meta.id, tuple(meta.groups), meta.region),
             )
     body = body.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
     if not body.strip():
-        raise DocumentRejected(rel, "no_text", "no text to index after the metadata")
+        raise DocumentRejected(rel, "no_text", "no text to index after the metadata",
+                               access=(meta.id, tuple(meta.groups), meta.region))
     applied = not front.get("groups")
     content_hash = fingerprint(path)
     if applied:  # other --default-groups later must re-index the document with the new groups

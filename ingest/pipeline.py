@@ -290,7 +290,7 @@ class Ingestor:
             label = f"{item.doc_id}@v{doc.meta.version if doc else old.version}"
             if item.event == "added":
                 report.added.append(label)
-            elif item.event == "deleted":
+            elif item.event in ("deleted", "withdrawn"):
                 report.deleted.append(label)
             else:
                 report.updated.append(label)

@@ -106,11 +106,50 @@ def plan_ingest(
                 )
             plan.present.pop(key, None)
             plan.frozen.add(key[0])
-    rejected_paths = {r.path for r in plan.rejected}
-    plan.current_rows = manifest.current()
+    # 2b. a file new to the manifest that claims an indexed document's id may bring a new version,
+    # but never with wider access (more groups, another region): that is a takeover
+    indexed = manifest.current()
+    known_paths: dict[str, set[str]] = {}
     for row in manifest.rows():
-        if row.path in rejected_paths:
-            plan.frozen.add(row.doc_id)  # a broken edit never removes what was indexed
+        known_paths.setdefault(row.doc_id, set()).add(row.path)
+    for key, entry in list(plan.present.items()):
+        owner = indexed.get(key[0])
+        if owner is None or isinstance(entry, ManifestRow) or entry.path in known_paths.get(key[0], set()):
+            continue
+        wider = sorted(set(entry.meta.groups) - set(owner.meta.groups))
+        if wider or entry.meta.region != owner.meta.region:
+            change = (f"adds group(s) {', '.join(wider)}" if wider
+                      else f"changes the region from {owner.meta.region} to {entry.meta.region}")
+            plan.rejected.append(DocumentRejected(
+                entry.path, "id_takeover",
+                f"claims the id {key[0]!r} of {owner.path} and {change}; a new file may add a version of a "
+                "document only with the same or narrower access: widen access in the document's own file, "
+                "or give this file its own id"))
+            plan.present.pop(key)
+
+    rejected = {r.path: r for r in plan.rejected}
+    plan.current_rows = manifest.current()
+    withdrawn: set[str] = set()
+    for row in manifest.rows():
+        if row.path not in rejected:
+            continue
+        current = plan.current_rows.get(row.doc_id)
+        if current is not None and current.path == row.path and _narrows(current, rejected[row.path]):
+            # fail closed: an edit meant to take readers away must not leave the old, wider
+            # version served while the edit waits for a fix
+            withdrawn.add(row.doc_id)
+            rejection = rejected[row.path]
+            rejection.message += (f" The indexed version {row.doc_id}@v{row.version} is withdrawn until this is "
+                                  "fixed, because the edit narrows who may read it.")
+            rejection.args = (f"{rejection.path}: {rejection.message}",)
+        else:
+            plan.frozen.add(row.doc_id)  # a broken edit that does not narrow access removes nothing
+    for doc_id in sorted(withdrawn - plan.frozen):
+        plan.work.append(Work(doc_id, None, plan.current_rows[doc_id], "withdrawn", False))
+    plan.frozen |= withdrawn  # nothing else of it changes in this run
+    # a rejected file that names its document freezes it too: with the current version withdrawn,
+    # an older (wider) version's file must not become current while the edit waits for a fix
+    plan.frozen |= {r.access[0] for r in plan.rejected if r.access is not None}
 
     # 3. desired state per document id
     versions: dict[str, list[Entry]] = {}
@@ -150,6 +189,16 @@ def plan_ingest(
         if doc_id not in versions and doc_id not in plan.frozen:
             plan.work.append(Work(doc_id, None, old, "deleted", False))
     return plan
+
+
+def _narrows(current: ManifestRow, rejection: DocumentRejected) -> bool:
+    """Whether a rejected edit of the current version's file would take readers away (groups
+    removed or the region changed). An edit whose metadata cannot be read says nothing about
+    access: the indexed version stays, as for any broken edit."""
+    if rejection.access is None:
+        return False
+    _, groups, region = rejection.access
+    return bool(set(current.meta.groups) - set(groups)) or region != current.meta.region
 
 
 def entry_key(entry: Entry) -> tuple[str, str]:

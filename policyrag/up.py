@@ -11,7 +11,7 @@ Steps, each reusing what is already there:
    ready-to-paste `curl` for the HR endpoint with a demo key;
 5. meanwhile, in a background thread, train / evaluate the adapter the plan asks for and promote
    it through the gate; the next request uses it (no restart). Progress shows in the terminal, in
-   `/readyz` (`checks.background`) and as a banner on the chat page.
+   `/v1/ops/ready` (`checks.background`, operators), `/v1/status` (signed-in users) and as a banner on the chat page.
 Ctrl-C stops everything it started (the vLLM server is the service's child and stops with it).
 A second run finds everything in place and is serving as soon as the model server is up.
 """
@@ -169,7 +169,7 @@ def step(text: str) -> None:
 
 def start_background(settings: Settings, service, decision: Plan) -> threading.Thread:
     """Prepare the adapter `decision` asks for (train, evaluate, promote) in a thread beside the
-    running service; its progress is `service.background` (/readyz, the chat page's banner) and a
+    running service; its progress is `service.background` (/v1/ops/ready, /v1/status, the chat page's banner) and a
     line in the terminal at each stage."""
     from answer.service import BackgroundWork
 

@@ -40,6 +40,7 @@ class Passage:
     end: int
     source: str
     effective_date: dt.date
+    owner: str = ""  # the team that owns the document (escalations point to it)
 
     @property
     def label(self) -> str:
@@ -219,4 +220,5 @@ def _passage(hit: ScoredChunk, relevance: float | None) -> Passage:
         end=p.end,
         source=p.source,
         effective_date=p.effective_date,
+        owner=p.owner,
     )

@@ -135,6 +135,21 @@ def compare(
     _print_compare(result)
 
 
+@tune_app.command("calibrate")
+def calibrate(
+    version: str,
+    items: Annotated[int, typer.Option(min=3, help="held-out pairs to fit on (spread over statuses)")] = 240,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Fit a status decider for adapter VERSION and register both as a new version."""
+    from tuning.train import calibrate_registered
+
+    with err_console.status(f"fitting a status decider for {version}") as status:
+        record = calibrate_registered(get_settings(), version, items=items,
+                                      on_stage=lambda stage: status.update(stage))
+    _print_record(record, as_json)
+
+
 @adapters_app.command("list")
 def adapters_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every registered adapter; the promoted one is marked."""
@@ -230,6 +245,13 @@ def _print_record(record, as_json: bool) -> None:
     console.print(f"{training['steps']} steps ({training['stopped']}), {training['tokens']} tokens in "
                   f"{training['wall_s']} s = {training['tokens_per_s']} tok/s, held-out loss "
                   f"{training['eval_loss']} (best step {training['best_step']}), peak RSS {training['peak_rss_mib']} MiB")
+    if m.calibrated_from:
+        console.print(f"weights of {m.calibrated_from}, with a new status decider")
+    decider = m.metrics.get("status_decider")
+    if decider and "cv_accuracy" in decider:
+        recall = ", ".join(f"{k} {v:.0%}" for k, v in decider["cv_recall"].items())
+        console.print(f"status decider on {decider['pairs']} held-out pairs: cross-validated accuracy "
+                      f"{decider['cv_accuracy']:.0%} (the model's own arg-max {decider['cv_argmax_accuracy']:.0%}); recall {recall}")
     compare = m.metrics.get("compare") or {}
     if compare:
         _print_compare(compare)

@@ -73,6 +73,7 @@ class AdapterManifest(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="tuning/config.py's TrainConfig")
     metrics: dict[str, Any] = Field(default_factory=dict, description="training curve and base-vs-adapter compare")
     versions: dict[str, str] = Field(default_factory=dict, description="library versions")
+    calibrated_from: str | None = Field(None, description="the version whose weights these are, with a new status decider")
     broken: bool = Field(False, description="listed, but its manifest is missing")
 
     def incompatibility(self, base_model: BaseModelIdentity | None, fingerprint: str) -> str | None:

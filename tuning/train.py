@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from core.digest import sha256_file
+from core.errors import ConfigError
 from core.provision import base_model_identity
 from core.references import prompt_fingerprint
 from core.settings import Settings
@@ -62,6 +63,13 @@ def train_adapter(
         result, best = train_loop(model, train, heldout, config, pad_id=pad_id, on_step=on_step)
         set_peft_model_state_dict(model, best)
         model.save_pretrained(staged)
+        decider = None
+        if config.status_fit_items:
+            fit_pairs = [p for p in pairs if p.split == "heldout"]
+            on_stage(f"fitting the status decider on {min(len(fit_pairs), config.status_fit_items)} held-out pairs")
+            decider = fit_status_decider(settings, model, tokenizer, fit_pairs, config.status_fit_items)
+            if decider is not None:
+                decider.save(staged)
 
         compare = {}
         if config.compare_items:
@@ -88,6 +96,7 @@ def train_adapter(
                     "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 },
                 "compare": {k: v for k, v in compare.items() if k != "outputs"},
+                **({"status_decider": decider.fitted_on} if decider is not None else {}),
             },
             "versions": _library_versions(),
         }
@@ -95,6 +104,62 @@ def train_adapter(
             import json
 
             (staged / "compare-outputs.json").write_text(json.dumps(compare["outputs"], indent=1))
+        return registry.register(staged, manifest)
+
+
+def fit_status_decider(settings: Settings, model, tokenizer, heldout_pairs, limit: int):
+    """The status decider for `model` (tuning/status.py), or None when the held-out pairs cannot
+    fit one (fewer than two statuses: a tiny dataset); logged, never fatal to training."""
+    from core.provision import embedding_model_path
+    from retrieval.embed import DenseEmbedder
+    from tuning.status import SupportScorer, fit_for_model
+
+    scorer = SupportScorer(DenseEmbedder(embedding_model_path(settings), dtype=settings.embedding_dtype))
+    try:
+        return fit_for_model(model, tokenizer, heldout_pairs, scorer, limit=limit)
+    except ValueError as exc:
+        logger.warning("no status decider: %s", exc)
+        return None
+
+
+def calibrate_registered(settings: Settings, version: str, *, items: int,
+                         registry: AdapterRegistry | None = None,
+                         on_stage: Callable[[str], None] = lambda stage: None) -> AdapterRecord:
+    """Fit a status decider for a registered adapter and register the pair as a new version (the
+    same weights, its manifest noting `calibrated_from`); versions are never changed in place."""
+    import json
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuning.registry import MANIFEST
+    from tuning.status import DECIDER_FILE
+
+    registry = registry or AdapterRegistry(settings.adapters_dir)
+    record = registry.load(version)
+    if not record.manifest.dataset_path:
+        raise ConfigError(f"adapter {version} does not say which dataset it was trained on; retrain it instead")
+    pairs, _ = load_dataset(Path(record.manifest.dataset_path))
+    base_dir = Path(record.manifest.base_model.path) if record.manifest.base_model and record.manifest.base_model.path \
+        else base_model_identity(settings)[0]
+    on_stage(f"loading {version} on {base_dir.name}")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), record.path)
+    on_stage(f"fitting the status decider on up to {items} held-out pairs")
+    decider = fit_status_decider(settings, model, tokenizer, [p for p in pairs if p.split == "heldout"], items)
+    if decider is None:
+        raise ConfigError(f"the held-out pairs of {version}'s dataset cannot fit a status decider (see the log)")
+    with registry.staging() as staged:
+        for path in record.path.iterdir():
+            if path.is_file() and path.name not in (MANIFEST, DECIDER_FILE):
+                shutil.copy2(path, staged / path.name)
+        decider.save(staged)
+        manifest = json.loads((record.path / MANIFEST).read_text(encoding="utf-8"))
+        for key in ("version", "created_at", "files"):
+            manifest.pop(key, None)
+        manifest["calibrated_from"] = version
+        manifest.setdefault("metrics", {})["status_decider"] = decider.fitted_on
         return registry.register(staged, manifest)
 
 

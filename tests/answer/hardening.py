@@ -12,6 +12,7 @@ from retrieval.acl import build_acl_filter
 ALICE_KEY = "demo-alice-7Qm2"
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 BOB = {"Authorization": "Bearer demo-bob-3Kx9"}
+OPERATOR = {"Authorization": "Bearer demo-sam-6Nc5"}  # sam is in the security group (operators)
 STATUSES = {"answered", "refused", "escalate"}
 ERROR_SHAPE = {"code", "message", "type"}
 ENDPOINTS = {  # each answer endpoint and how it carries a question

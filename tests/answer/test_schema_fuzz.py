@@ -24,6 +24,7 @@ def api_schema(refusing_service):
 FUZZED = [
     ("POST", "/v1/hr/answer"), ("POST", "/v1/chat"), ("POST", "/v1/chat/completions"),
     ("GET", "/v1/models"), ("GET", "/v1/me"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
+    ("GET", "/v1/ops/ready"), ("GET", "/v1/status"),
 ]
 
 

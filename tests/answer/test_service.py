@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.answer.hardening import OPERATOR
 from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, RESTRICTED, sse_events
 
 ALICE = {"Authorization": "Bearer demo-alice-7Qm2"}
@@ -136,13 +137,19 @@ def test_bad_input_gets_a_json_error_naming_what_to_fix(client, service):
 def test_health_readiness_metrics_and_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200, ready.text
-    checks = ready.json()["checks"]
+    assert ready.status_code == 200 and ready.json() == {"ready": True}, ready.text  # public: says nothing more
+    # the details are for operators (sam is in the security group); not for other users
+    assert client.get("/v1/ops/ready").status_code == 401
+    assert client.get("/v1/ops/ready", headers=ALICE).status_code == 403
+    checks = client.get("/v1/ops/ready", headers=OPERATOR).json()["checks"]
     assert checks["store"]["ok"] and checks["model_backend"]["ok"]
-    assert checks["adapter"]["detail"] == "promoted adapter v1"
+    assert checks["adapter"]["detail"] == "promoted adapter v1" and "passages indexed" in checks["store"]["detail"]
+    assert client.get("/v1/status", headers=ALICE).json() == {"serving": "adapter v1", "background": None}
 
     client.post("/v1/hr/answer", json={"question": RESTRICTED}, headers=ALICE)
-    text = client.get("/metrics").text
+    # /metrics: the test client is not on loopback and no metrics token is set: operators only
+    assert client.get("/metrics").status_code == 401 and client.get("/metrics", headers=ALICE).status_code == 403
+    text = client.get("/metrics", headers=OPERATOR).text
     assert 'policyrag_requests_total{code="200",endpoint="/v1/hr/answer"}' in text
     assert 'policyrag_refusals_total{reason="no_authorized_source"}' in text
     assert "policyrag_request_seconds_bucket" in text and "policyrag_tokens_total" in text
@@ -158,14 +165,16 @@ def test_readiness_fails_when_the_promoted_adapter_is_corrupted(service, client)
     service.pipeline._verified.clear()
     try:
         path.write_bytes(original[:-8] + b"tampered")
-        ready = client.get("/readyz")
+        ready = client.get("/v1/ops/ready", headers=OPERATOR)  # checked now, not from the cache
         assert ready.status_code == 503 and not ready.json()["checks"]["adapter"]["ok"]
+        assert client.get("/readyz").status_code == 503  # the public answer shares that fresh result
         r = client.post("/v1/hr/answer", json={"question": CARRY_OVER}, headers=ALICE)
         assert r.status_code == 503 and r.json()["error"]["code"] == "adapter_unavailable"
         assert r.headers["retry-after"]
     finally:
         path.write_bytes(original)
         service.pipeline._verified.clear()
+    assert client.get("/v1/ops/ready", headers=OPERATOR).status_code == 200
     assert client.get("/readyz").status_code == 200
 
 
@@ -206,3 +215,24 @@ def test_the_openai_sdk_works_unchanged_streaming_and_not(live_url):
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=f"{live_url}/v1", api_key="wrong").chat.completions.create(
             model="policyrag", messages=[{"role": "user", "content": CARRY_OVER}])
+
+
+def test_metrics_take_the_metrics_token_or_a_loopback_client_when_none_is_set(service):
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from answer.app import create_app
+
+    app = create_app(service)
+    with TestClient(app, client=("127.0.0.1", 40000)) as local, TestClient(app) as remote:
+        assert local.get("/metrics").status_code == 200  # `curl localhost:8700/metrics`
+        assert remote.get("/metrics").status_code == 401
+        original = service.settings
+        service.settings = original.model_copy(update={"metrics_token": SecretStr("scrape-me-9f2")})
+        try:
+            assert remote.get("/metrics", headers={"Authorization": "Bearer scrape-me-9f2"}).status_code == 200
+            assert remote.get("/metrics", headers={"Authorization": "Bearer scrape-me-9f3"}).status_code == 401
+            assert local.get("/metrics").status_code == 401  # with a token set, loopback needs it too
+            assert remote.get("/metrics", headers=OPERATOR).status_code == 200
+        finally:
+            service.settings = original

@@ -14,6 +14,7 @@ from core.settings import Settings
 from tests.answer.hardening import (
     ALICE,
     ENDPOINTS,
+    OPERATOR,
     assert_house_error,
 )
 from tests.answer.helpers import (
@@ -26,7 +27,7 @@ from tests.answer.helpers import (
 
 
 def test_a_store_that_fails_mid_run_gives_503_store_error_not_ready_and_no_audit_record(make_service):
-    svc = make_service("store-down", max_concurrent_answers=1)
+    svc = make_service("store-down", max_concurrent_answers=1, readiness_cache_s=0)
     with TestClient(create_app(svc)) as client:
         ok = client.post("/v1/hr/answer", json={"question": RESTRICTED}, headers=ALICE)
         assert ok.status_code == 200 and client.get("/readyz").status_code == 200
@@ -36,8 +37,8 @@ def test_a_store_that_fails_mid_run_gives_503_store_error_not_ready_and_no_audit
 
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.headers["retry-after"]
-        assert ready.json()["ready"] is False
-        store = ready.json()["checks"]["store"]
+        assert ready.json() == {"ready": False}
+        store = client.get("/v1/ops/ready", headers=OPERATOR).json()["checks"]["store"]
         assert store["ok"] is False and "store" in store["detail"]
 
         # twice the one answer slot: a slot leaked by a failed request would turn the second into 429
@@ -57,7 +58,7 @@ def test_a_store_that_fails_mid_run_gives_503_store_error_not_ready_and_no_audit
         # failed answers leave the audit log exactly as it was: no record, no partial line
         assert svc.pipeline.audit.path.read_bytes() == audit_before
         assert all(json.loads(line) for line in audit_before.decode().splitlines())
-        text = client.get("/metrics").text
+        text = client.get("/metrics", headers=OPERATOR).text
         assert 'policyrag_requests_total{code="503",endpoint="/v1/hr/answer"} 2.0' in text
 
 

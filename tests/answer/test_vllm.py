@@ -14,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from core.settings import Settings
-from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, copy_data, free_port
+from tests.answer.hardening import OPERATOR
+from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, copy_data, free_port, register_with_decider
 
 pytestmark = pytest.mark.slow
 ALICE = {"Authorization": "Bearer demo-alice-7Qm2"}
@@ -23,7 +24,7 @@ ALICE = {"Authorization": "Bearer demo-alice-7Qm2"}
 @pytest.fixture(scope="module")
 def vllm_settings(answer_data, tmp_path_factory) -> Settings:
     data = copy_data(answer_data, tmp_path_factory.mktemp("vllm") / "data")
-    return Settings(data_dir=data, vllm_port=free_port(), vllm_kvcache_gb=1)
+    return Settings(data_dir=data, vllm_port=free_port(), vllm_kvcache_gb=1, readiness_cache_s=0)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_the_hr_endpoint_gives_a_cited_answer_from_the_adapter_on_vllm(vllm_clie
     assert body["status"] == "answered", body
     assert [c["id"] for c in body["citations"]] == [CARRY_OVER_CITATION]
     assert (body["versions"]["adapter"], body["versions"]["backend"]) == ("v1", "vllm")
-    ready = vllm_client.get("/readyz").json()
+    ready = vllm_client.get("/v1/ops/ready", headers=OPERATOR).json()
     assert ready["ready"] and "v1" in ready["checks"]["model_backend"]["detail"]
 
 
@@ -94,6 +95,28 @@ def test_a_mixed_batch_of_base_and_adapter_requests_each_gets_its_own_model(vllm
             assert text == solo["adapter"]
         else:
             assert text != solo["adapter"] and "carry over up to 8 days" not in text, "base request got the adapter"
+
+
+def test_the_status_decision_reads_the_same_tokens_on_vllm_as_in_process_and_binds_the_answer(
+        vllm_service, vllm_settings, local_backend):
+    """The decider's model evidence comes from a one-token continuation of `{"status": "` on
+    vLLM; it must match what the trainer and the local backend compute (bf16 vs fp32 aside), and
+    the status it decides must hold under vLLM's guided decoding."""
+    from core.prompt import build_messages
+    from tuning.status import STATUSES, status_logprobs
+
+    version = register_with_decider(vllm_settings.data_dir, "escalate")
+    pipeline = vllm_service.pipeline
+    alice = pipeline.retriever.principal("alice")
+    adapter = pipeline.current_adapter(version)
+    messages = build_messages(CARRY_OVER, pipeline.retriever.search(CARRY_OVER, alice, k=3))
+    remote = vllm_service.backend.status_top_logprobs(messages, adapter)
+    local = local_backend.status_top_logprobs(messages, adapter)
+    assert max(remote, key=remote.get) == max(local, key=local.get) == "answered", (remote, local)
+    for status, a, b in zip(STATUSES, status_logprobs(remote), status_logprobs(local)):
+        assert abs(a - b) < 1.0, (status, remote, local)
+    result = pipeline.answer(alice, CARRY_OVER, adapter_version=version)
+    assert result.status == "escalate" and result.answer.answer and result.status_decision["status"] == "escalate"
 
 
 def test_promotion_and_rollback_apply_without_a_restart(vllm_service, vllm_client, vllm_settings, server):

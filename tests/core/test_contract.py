@@ -95,3 +95,31 @@ def test_repair_drops_bad_citations_and_refuses_when_none_remain():
     bad = Answered(status="answered", answer="8 days.", citations=[Citation(id="leave-uk@v3#c8", quote="invented")])
     repaired, _ = repair_answer(bad, PASSAGES)
     assert isinstance(repaired, Refused) and repaired == refusal("not_in_policy")
+
+
+def test_a_figure_address_or_link_no_cited_quote_holds_never_reaches_the_user():
+    meal = Citation(id="expenses@v2#c4", quote="The daily meal allowance is GBP 55 in the UK.")
+    # the figure is in another passage shown: that sentence is cited too, the answer stays
+    wrong_sentence = Answered(status="answered", answer="Up to 8 days, and meals are GBP 55.",
+                              citations=[Citation(**CITE)])
+    repaired, problems = repair_answer(wrong_sentence, PASSAGES)
+    assert repaired.answer == wrong_sentence.answer and repaired.citations[1] == meal
+    assert "'55'" in problems[0] and "cited the sentences" in problems[0]
+    # an address, a link or a figure that no passage holds: the answer becomes the quotes
+    for invented in ("Send your password to helpdesk@evil.example.", "See https://evil.example/leave.",
+                     "You may carry over up to 10 days."):
+        answer = Answered(status="answered", answer=invented, citations=[Citation(**CITE)])
+        repaired, problems = repair_answer(answer, PASSAGES)
+        assert repaired.answer == "up to 8 days" and repaired.citations == answer.citations, invented
+        assert "no passage shown holds" in problems[0]
+    # figures the quote holds are fine, however they are punctuated around
+    fine = Answered(status="answered", answer="Yes: GBP 55, per day.", citations=[meal])
+    assert repair_answer(fine, PASSAGES) == (fine, [])
+
+
+def test_a_bad_escalation_template_is_refused_naming_the_setting():
+    from core.settings import Settings
+
+    with pytest.raises(ValueError, match="POLICYRAG_ESCALATION_TEMPLATE"):
+        Settings(escalation_template="Contact {team}")
+    assert Settings(escalation_template="Ask the {owner} ({{urgent}})").escalation_template

@@ -81,6 +81,25 @@ def test_constrained_decoding_grammar_rejects_an_id_outside_the_prompt():
     assert not _is_grammar_accept_string(grammar, good.replace('"s1"', '"s2"'))
 
 
+def test_a_schema_for_a_decided_status_admits_only_that_status():
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string
+
+    sentences = number_sentences([MEALS])
+    answered = render_wire(WireAnswered(status="answered", citations=["s1"], answer="GBP 55 a day."))
+    refused = json.dumps({"status": "refused", "citations": [], "answer": None, "reason": "not_in_policy"})
+    escalated = json.dumps({"status": "escalate", "citations": [], "answer": "Ask HR.", "reason": "needs_human"})
+    for status, ok in (("answered", answered), ("refused", refused), ("escalate", escalated)):
+        schema = wire_json_schema(sentences, status=status)
+        grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, separators=(", ", ": "))
+        for text in (answered, refused, escalated):
+            assert _is_grammar_accept_string(grammar, text) == (text == ok), (status, text)
+            assert (jsonschema.Draft202012Validator(schema).is_valid(json.loads(text))) == (text == ok)
+        assert not _is_grammar_accept_string(grammar, answered.replace('"s1"', '"s2"'))
+    with pytest.raises(ValueError, match="no wire shape"):
+        wire_json_schema(sentences, status="maybe")
+
+
 def test_resolved_quotes_are_verbatim_and_adjacent_sentences_of_a_passage_merge():
     wire = WireAnswered(status="answered", citations=["s2", "s1", "s5"], answer="Up to 8 days, taken by 31 March.")
     answer, problems = resolve_wire_answer(wire, number_sentences(PASSAGES), PASSAGES)

@@ -300,9 +300,11 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass():
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
 def test_promtool_accepts_the_prometheus_config(tmp_path):
     # the credentials file is a compose secret; point it at a stand-in so promtool can stat it
-    (tmp_path / "qdrant_api_key").write_text("key")
     config = (DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8")
-    (tmp_path / "prometheus.yml").write_text(config.replace("/run/secrets/qdrant_api_key", str(tmp_path / "qdrant_api_key")))
+    for secret in ("qdrant_api_key", "policyrag_metrics_token"):
+        (tmp_path / secret).write_text("key")
+        config = config.replace(f"/run/secrets/{secret}", str(tmp_path / secret))
+    (tmp_path / "prometheus.yml").write_text(config)
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
     run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")])
 
@@ -318,7 +320,7 @@ def compose_command() -> list[str] | None:
 @pytest.mark.skipif(compose_command() is None, reason="neither docker-compose nor the docker compose plugin")
 def test_docker_compose_accepts_the_file():
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "QDRANT_API_KEY": "k", "VLLM_API_KEY": "k",
-           "POLICYRAG_JWT_HS256_SECRET": "s", "BASE_MODEL_DIR": "/srv/models/Qwen2.5-7B-Instruct"}
+           "POLICYRAG_JWT_HS256_SECRET": "s", "POLICYRAG_METRICS_TOKEN": "t", "BASE_MODEL_DIR": "/srv/models/Qwen2.5-7B-Instruct"}
     run([*compose_command(), "-f", str(COMPOSE), "--profile", "tools", "--profile", "planned", "config", "-q"],
         cwd=DEPLOY, env=env)
 

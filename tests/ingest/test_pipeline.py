@@ -257,3 +257,86 @@ def test_a_link_to_a_file_outside_the_corpus_is_rejected_and_never_indexed(tmp_p
     texts = " ".join(p["text"] for p in store_state(ingestor).values())
     assert "s3cr3t" not in texts and "lives outside" not in texts
     assert len(report.added) == 3  # the rest of the corpus is ingested
+
+
+def test_a_rejected_edit_that_narrows_access_withdraws_the_indexed_version(tmp_path, make_ingestor):
+    """Finding 15.7: narrowing pay bands from all-staff to [hr, managers] with a typo was rejected
+    and the all-staff version stayed served. Now the edit's intent counts: it is withdrawn."""
+    root = small_corpus(tmp_path / "docs")
+    (root / "directory.yaml").write_text(
+        "users:\n  alice: {groups: [all-staff], region: UK}\n"
+        "groups:\n  all-staff: all\n  hr: HR\n  managers: M\n  contractors: C\n")
+    write_policy(root, "pay.md", doc_id="pay-bands", groups="[all-staff]",
+                 body="## 1. Bands\n\nBand L5 UK pays GBP 78,000 to GBP 96,000.")
+    ing = make_ingestor()
+    ing.run(root)
+    assert {tuple(p["groups"]) for p in store_state(ing).values() if p["doc_id"] == "pay-bands"} == {("all-staff",)}
+
+    # a widening edit with a typo: rejected, and the indexed version stays as it was
+    write_policy(root, "pay.md", doc_id="pay-bands", groups="[all-staff, contractorz]",
+                 body="## 1. Bands\n\nBand L5 UK pays GBP 78,000 to GBP 96,000.")
+    report = ing.run(root)
+    assert [(r.path, r.reason) for r in report.rejected] == [("pay.md", "unknown_group")]
+    assert "withdrawn" not in report.rejected[0].message and report.deleted == []
+    assert any(p["doc_id"] == "pay-bands" for p in store_state(ing).values())
+
+    # a narrowing edit with a typo: rejected, and the wider version leaves the index now
+    write_policy(root, "pay.md", doc_id="pay-bands", groups="[hr, managrs]",
+                 body="## 1. Bands\n\nBand L5 UK pays GBP 78,000 to GBP 96,000.")
+    report = ing.run(root)
+    assert [(r.path, r.reason) for r in report.rejected] == [("pay.md", "unknown_group")]
+    assert "pay-bands@v1 is withdrawn" in str(report.rejected[0]) and report.deleted == ["pay-bands@v1"]
+    assert not any(p["doc_id"] == "pay-bands" for p in store_state(ing).values())
+    assert "pay-bands" not in ing.manifest.current()
+    assert_consistent(ing)
+    # the next run changes nothing while the file stays broken
+    report = ing.run(root)
+    assert report.deleted == report.added == [] and not any(p["doc_id"] == "pay-bands" for p in store_state(ing).values())
+
+    # fixed: indexed with the narrower groups
+    write_policy(root, "pay.md", doc_id="pay-bands", groups="[hr, managers]",
+                 body="## 1. Bands\n\nBand L5 UK pays GBP 78,000 to GBP 96,000.")
+    report = ing.run(root)
+    assert report.rejected == [] and report.added == ["pay-bands@v1"]
+    assert {tuple(p["groups"]) for p in store_state(ing).values() if p["doc_id"] == "pay-bands"} == {("hr", "managers")}
+    assert_consistent(ing)
+
+
+def test_a_new_file_cannot_take_over_an_indexed_documents_id_with_wider_access(tmp_path, make_ingestor):
+    """Finding 15.6: `zz-notes.md` declaring `id: leave-uk, version: 99, region: global` replaced
+    the UK leave policy for everyone."""
+    root = small_corpus(tmp_path / "docs")
+    ing = make_ingestor()
+    ing.run(root)
+    write_policy(root, "zz-notes.md", doc_id="leave-uk", version=99, region="global",
+                 body="## 1. Carry-over\n\nEveryone may carry over 99 days.")
+    write_policy(root, "zz-pay.md", doc_id="pay-bands", version=7, groups="[all-staff]",
+                 body="## 1. Bands\n\nEvery band pays GBP 1.")
+    report = ing.run(root)
+    rejected = {r.path: r for r in report.rejected}
+    assert {p: r.reason for p, r in rejected.items()} == {"zz-notes.md": "id_takeover", "zz-pay.md": "id_takeover"}
+    assert "changes the region from UK to global" in rejected["zz-notes.md"].message
+    assert "adds group(s) all-staff" in rejected["zz-pay.md"].message
+    current = ing.manifest.current()
+    assert (current["leave-uk"].path, current["pay-bands"].path) == ("leave-v2.md", "pay.md")
+    assert "99 days" not in " ".join(p["text"] for p in store_state(ing).values())
+    # a new version in a new file with the same access is how documents get new versions
+    write_policy(root, "leave-v3.md", doc_id="leave-uk", version=3, region="UK",
+                 effective_date="2024-06-01", body=LEAVE.format(days=8))
+    report = ing.run(root)
+    assert report.added == ["leave-uk@v3"] and ing.manifest.current()["leave-uk"].path == "leave-v3.md"
+    assert_consistent(ing)
+
+
+def test_access_comes_from_the_sidecar_never_from_the_documents_own_front_matter(tmp_path, make_ingestor):
+    """Finding 15.6: a `.md` with front matter `[all-staff]` and a sidecar `[hr]` got all-staff."""
+    root = small_corpus(tmp_path / "docs")
+    write_policy(root, "bonus.md", doc_id="bonus", groups="[all-staff]", body="## 1. Pool\n\nThe pool is 8%.")
+    (root / "bonus.md.meta.yaml").write_text("groups: [hr]\n")
+    (root / "memo.md").write_text("# Memo\n\nThe memo text.\n")
+    (root / "memo.md.meta.yaml").write_text(
+        "id: memo\ntitle: Memo\nversion: 1\neffective_date: 2025-01-01\nowner: HR\ngroups: [hr]\nregion: global\n")
+    report = make_ingestor().run(root)
+    rejected = {r.path: r for r in report.rejected}
+    assert rejected["bonus.md"].reason == "access_conflict" and "groups" in rejected["bonus.md"].message
+    assert "memo@v1" in report.added  # a sidecar alone still works

@@ -19,6 +19,7 @@ import pytest
 
 from core.settings import Settings
 from policyrag.up import plan
+from tests.answer.hardening import OPERATOR
 from tests.answer.helpers import CARRY_OVER, RESTRICTED, copy_data, free_port
 
 
@@ -145,7 +146,7 @@ def test_the_background_promotion_hot_loads_without_dropping_a_request(answer_da
             gate = threading.Event()
             worker = threading.Thread(target=lambda: (gate.wait(), outcome.append(prepare_adapter(settings, service, decision, work))))
             worker.start()
-            running = client.get("/readyz").json()
+            running = client.get("/v1/ops/ready", headers=OPERATOR).json()
             assert running["ready"] and running["checks"]["background"]["state"] == "running"
             assert running["checks"]["background"]["detail"].startswith("Evaluating adapter v1")
             gate.set()
@@ -159,7 +160,7 @@ def test_the_background_promotion_hot_loads_without_dropping_a_request(answer_da
             assert outcome == ["v1"] and served[-1] == "v1"
             first = served.index("v1")
             assert all(v == "v1" for v in served[first:])  # once promoted, every answer uses it
-            done = client.get("/readyz").json()["checks"]
+            done = client.get("/v1/ops/ready", headers=OPERATOR).json()["checks"]
             assert done["background"]["state"] == "done" and "v1 passed the gate and is live now" in done["background"]["detail"]
             assert done["adapter"]["detail"] == "promoted adapter v1"
     finally:

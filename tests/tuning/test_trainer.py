@@ -112,6 +112,12 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
     assert m.metrics["compare"]["items"] == 2 and "schema_valid" in m.metrics["compare"]["adapter"]
     assert [s.step for s in steps] == [1, 2, 3] and steps[-1].tokens_per_s > 0
     assert registry.load("v1").manifest.files["adapter_model.safetensors"]
+    # the status decider is fitted on the two held-out pairs (one answered, one refused) and
+    # registered with the weights
+    from tuning.status import DECIDER_FILE, StatusDecider
+
+    assert m.files[DECIDER_FILE] and m.metrics["status_decider"]["by_status"] == {"answered": 1, "refused": 1, "escalate": 0}
+    assert StatusDecider.load(record.path).decide([-0.1, -3.0, -3.0, 0.8, 0.8]) in ("answered", "refused")
 
     # merged export computes what base + adapter computes
     out = export_merged(record, tuning_settings.data_dir / "merged")
