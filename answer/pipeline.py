@@ -44,11 +44,7 @@ from core.settings import Settings
 from core.verify import repair_answer
 from retrieval.acl import Principal
 from retrieval.retriever import Passage, Retriever
-from tuning.registry import (
-    AdapterManifest,
-    AdapterRegistry,
-    RegistryError,
-)
+from tuning.registry import AdapterManifest, AdapterRegistry, RegistryError
 from tuning.status import (
     DECIDER_FILE,
     FEATURES,

@@ -70,9 +70,10 @@ class SupportScorer:
             self._cache[text] = np.asarray(vector, dtype=np.float32)
         for text in texts:
             self._cache.move_to_end(text)
-        while len(self._cache) > self.cache_size:
+        out = np.stack([self._cache[t] for t in texts])
+        while len(self._cache) > self.cache_size:  # evicted after use: one call may exceed the bound
             self._cache.popitem(last=False)
-        return np.stack([self._cache[t] for t in texts])
+        return out
 
     def features(self, question: str, passages: Sequence[PromptPassage]) -> list[float]:
         """[best question-sentence cosine, best question-passage cosine]; 0 without passages."""

@@ -118,6 +118,14 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
 
     assert m.files[DECIDER_FILE] and m.metrics["status_decider"]["by_status"] == {"answered": 1, "refused": 1, "escalate": 0}
     assert StatusDecider.load(record.path).decide([-0.1, -3.0, -3.0, 0.8, 0.8]) in ("answered", "refused")
+    # `tune calibrate`: the same weights with a freshly fitted decider, as a new version
+    from tuning.train import calibrate_registered
+
+    again = calibrate_registered(tuning_settings, "v1", items=2, registry=registry)
+    assert again.version == "v2" and again.manifest.calibrated_from == "v1"
+    assert again.manifest.files["adapter_model.safetensors"] == m.files["adapter_model.safetensors"]
+    assert again.manifest.files[DECIDER_FILE] and again.manifest.metrics["status_decider"]["pairs"] == 2
+    assert again.manifest.prompt_fingerprint == m.prompt_fingerprint and registry.promoted_version() is None
 
     # merged export computes what base + adapter computes
     out = export_merged(record, tuning_settings.data_dir / "merged")
