@@ -85,11 +85,12 @@ def eval_item_s(settings: Settings) -> float:
 
 
 def training_eta_s(settings: Settings, config) -> float:
-    """Data building + training + the base-vs-adapter comparison + the eval of the gold set."""
+    """Data building + training + the base-vs-adapter comparison + the status decider's fit
+    (~0.9 s a pair, measured) + the eval of the gold set."""
     from eval.gold import load_gold_set
 
     items = len(load_gold_set(settings.gold_set_file).items)
-    training = (config.time_budget_s or 1200.0) + 60.0 * (1 + config.compare_items / 6)
+    training = (config.time_budget_s or 1200.0) + 60.0 * (1 + config.compare_items / 6) + 0.9 * config.status_fit_items
     return DATA_BUILD_S + training + items * eval_item_s(settings)
 
 
@@ -223,7 +224,7 @@ def _train(settings: Settings, work) -> str:
     step(f"training an adapter in the background: about {eta / 60:.0f} minutes on this machine (training, "
          "then the eval); answers come from what is live meanwhile")
     work.update("loading the base model for training", eta_s=eta)
-    after_training = eta - (config.time_budget_s or 1200.0)  # the comparison and the eval
+    after_training = eta - (config.time_budget_s or 1200.0)  # the comparison, the decider's fit, the eval
     shown = [0]
 
     def on_step(info) -> None:
