@@ -65,7 +65,9 @@ class _Service:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "POLICYRAG_DATA_DIR": str(settings.data_dir), "POLICYRAG_VLLM_PORT": str(_free_port()),
-               "POLICYRAG_MAX_CONCURRENT_ANSWERS": "64"}
+               # throughput, not fairness: the per-user share would turn a user's 5th parallel
+               # request into 429 (the questions come from 6 users)
+               "POLICYRAG_MAX_CONCURRENT_ANSWERS": "64", "POLICYRAG_MAX_ANSWERS_PER_USER": "64"}
         env.pop("POLICYRAG_VLLM_URL", None)  # always the embedded server
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")
