@@ -16,6 +16,7 @@ schema to constrain the output to (None: free text), and return the text with to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -168,24 +169,22 @@ class VllmBackend:
     # -- generation ---------------------------------------------------------------------------
 
     def generate(self, messages, adapter, *, max_tokens, on_token=None, schema=None) -> Generation:
+        return self._retrying(adapter, lambda: self._generate(messages, adapter, max_tokens=max_tokens,
+                                                              on_token=on_token, schema=schema))
+
+    def status_top_logprobs(self, messages, adapter) -> dict[str, float]:
+        return self._retrying(adapter, lambda: self._status_top_logprobs(messages, adapter))
+
+    def _retrying(self, adapter, call):
         try:
-            return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, schema=schema)
+            return call()
         except _ModelGone:
             if adapter is None:
                 raise
             # the server restarted (or was restarted by someone else) and lost its adapters:
             # register the adapter again and retry once
             self.forget_adapters()
-            return self._generate(messages, adapter, max_tokens=max_tokens, on_token=on_token, schema=schema)
-
-    def status_top_logprobs(self, messages, adapter) -> dict[str, float]:
-        try:
-            return self._status_top_logprobs(messages, adapter)
-        except _ModelGone:
-            if adapter is None:
-                raise
-            self.forget_adapters()
-            return self._status_top_logprobs(messages, adapter)
+            return call()
 
     def _status_top_logprobs(self, messages, adapter) -> dict[str, float]:
         """One token after the answer's opening `{"status": "`, continued from a partial assistant
@@ -333,8 +332,6 @@ class LocalBackend:
         return adapter.version
 
     def generate(self, messages, adapter, *, max_tokens, on_token=None, schema=None) -> Generation:
-        import contextlib
-
         import torch
         import xgrammar as xgr
         from transformers import TextIteratorStreamer
@@ -385,8 +382,6 @@ class LocalBackend:
         return Generation(text, active or "base", int(inputs["input_ids"].shape[1]), count, finish, first)
 
     def status_top_logprobs(self, messages, adapter) -> dict[str, float]:
-        import contextlib
-
         with self._lock:
             active = self._activate(adapter)
             plain = self.model.disable_adapter() if active is None and self._adapters else contextlib.nullcontext()
