@@ -148,7 +148,7 @@ def resolve_wire_answer(
             groups[-1].append(sentence)
         else:
             groups.append([sentence])
-    citations = [Citation(id=g[0].citation_id, quote=_quote(texts[g[0].citation_id], g[0].start, g[-1].end))
+    citations = [Citation(id=g[0].citation_id, quote=fit_quote(texts[g[0].citation_id][g[0].start:g[-1].end]))
                  for g in groups[:MAX_CITATIONS]]
     if isinstance(wire, WireRefused):
         return Refused(status="refused", reason=wire.reason), problems
@@ -159,9 +159,8 @@ def resolve_wire_answer(
     return Answered(status="answered", answer=wire.answer, citations=citations), problems
 
 
-def _quote(text: str, start: int, end: int) -> str:
-    """text[start:end], cut at a word boundary to fit MAX_QUOTE_CHARS (still verbatim)."""
-    quote = text[start:end]
+def fit_quote(quote: str) -> str:
+    """A span of a passage cut at a word boundary to fit MAX_QUOTE_CHARS (still verbatim)."""
     if len(quote) <= MAX_QUOTE_CHARS:
         return quote
     cut = quote[:MAX_QUOTE_CHARS]

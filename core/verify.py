@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from core.contract import (
     MAX_ANSWER_CHARS,
     MAX_CITATIONS,
-    MAX_QUOTE_CHARS,
     Answered,
     Citation,
     Escalated,
@@ -21,6 +20,7 @@ from core.contract import (
     refusal,
 )
 from core.prompt import PromptPassage, number_sentences
+from core.references import fit_quote
 
 
 def citation_problems(answer: Answered | Refused | Escalated, passages: Sequence[PromptPassage]) -> list[str]:
@@ -89,13 +89,20 @@ def repair_answer(
 
 def _cite_facts(answer: Answered, passages: Sequence[PromptPassage]) -> Answered | None:
     """The answer with a citation added for each unsupported fact: the first sentence that holds
-    it, in the cited passages first; None when a fact is in no sentence (or citations run out)."""
+    it, in the cited passages first (one citation may support several facts); None when a fact is
+    in no sentence or the citations run out."""
     cited_ids = {c.id for c in answer.citations}
-    sentences = sorted(number_sentences(passages), key=lambda s: s.citation_id not in cited_ids)
+    holders = [(s.citation_id, quote, {f.lower() for f in _facts(quote)})
+               for s in sorted(number_sentences(passages), key=lambda s: s.citation_id not in cited_ids)
+               for quote in [fit_quote(s.text)]]
+    citations = list(answer.citations)
+    quoted = {f.lower() for c in citations for f in _facts(c.quote)}
     for fact in unsupported_facts(answer):
-        holder = next((s for s in sentences if fact.lower() in {f.lower() for f in _facts(s.text[:MAX_QUOTE_CHARS])}), None)
-        if holder is None or len(answer.citations) >= MAX_CITATIONS:
+        if fact.lower() in quoted:  # a sentence cited for an earlier fact holds it too
+            continue
+        holder = next((h for h in holders if fact.lower() in h[2]), None)
+        if holder is None or len(citations) >= MAX_CITATIONS:
             return None
-        quote = Citation(id=holder.citation_id, quote=holder.text[:MAX_QUOTE_CHARS])
-        answer = answer.model_copy(update={"citations": [*answer.citations, quote]})
-    return answer if not unsupported_facts(answer) else None
+        citations.append(Citation(id=holder[0], quote=holder[1]))
+        quoted |= holder[2]
+    return answer.model_copy(update={"citations": citations})

@@ -112,6 +112,11 @@ def test_a_figure_address_or_link_no_cited_quote_holds_never_reaches_the_user():
         repaired, problems = repair_answer(answer, PASSAGES)
         assert repaired.answer == "up to 8 days" and repaired.citations == answer.citations, invented
         assert "no passage shown holds" in problems[0]
+    # two figures held by one sentence: that sentence is cited once
+    bands = PromptPassage("pay-bands@v1#c1", "Pay Bands", ("1. Bands",), "Band L5 pays GBP 78,000 to GBP 96,000.")
+    both = Answered(status="answered", answer="From GBP 78,000 to 96,000.", citations=[Citation(**CITE)])
+    repaired, _ = repair_answer(both, [*PASSAGES, bands])
+    assert repaired.citations == [Citation(**CITE), Citation(id="pay-bands@v1#c1", quote=bands.text)]
     # figures the quote holds are fine, however they are punctuated around
     fine = Answered(status="answered", answer="Yes: GBP 55, per day.", citations=[meal])
     assert repair_answer(fine, PASSAGES) == (fine, [])
