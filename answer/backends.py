@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from core.errors import PolicyRagError
-from tuning.status import STATUS_PREFIX, TOP_LOGPROBS, model_top_logprobs
+from tuning.status import STATUS_PREFIX, TOP_LOGPROBS, model_top_logprobs, top_by_text
 
 TokenCallback = Callable[[str], None]
 
@@ -199,10 +198,7 @@ class VllmBackend:
         }
         data = self._request("POST", "/chat/completions", json=body).json()
         content = ((data["choices"][0].get("logprobs") or {}).get("content") or [{}])[0]
-        top: dict[str, float] = {}
-        for entry in content.get("top_logprobs") or []:
-            top[entry["token"]] = max(top.get(entry["token"], -math.inf), float(entry["logprob"]))
-        return top
+        return top_by_text((e["token"], float(e["logprob"])) for e in content.get("top_logprobs") or [])
 
     def _generate(self, messages, adapter, *, max_tokens, on_token, schema) -> Generation:
         if adapter is not None:

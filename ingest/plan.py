@@ -108,12 +108,13 @@ def plan_ingest(
             plan.frozen.add(key[0])
     # 2b. a file new to the manifest that claims an indexed document's id may bring a new version,
     # but never with wider access (more groups, another region): that is a takeover
-    indexed = manifest.current()
+    plan.current_rows = manifest.current()
+    rows = manifest.rows()
     known_paths: dict[str, set[str]] = {}
-    for row in manifest.rows():
+    for row in rows:
         known_paths.setdefault(row.doc_id, set()).add(row.path)
     for key, entry in list(plan.present.items()):
-        owner = indexed.get(key[0])
+        owner = plan.current_rows.get(key[0])
         if owner is None or isinstance(entry, ManifestRow) or entry.path in known_paths.get(key[0], set()):
             continue
         wider = sorted(set(entry.meta.groups) - set(owner.meta.groups))
@@ -128,9 +129,8 @@ def plan_ingest(
             plan.present.pop(key)
 
     rejected = {r.path: r for r in plan.rejected}
-    plan.current_rows = manifest.current()
     withdrawn: set[str] = set()
-    for row in manifest.rows():
+    for row in rows:
         if row.path not in rejected:
             continue
         current = plan.current_rows.get(row.doc_id)

@@ -22,7 +22,7 @@ import json
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,15 @@ STATUS_PREFIX = '{"status": "'  # how every wire answer begins (core.references.
 TOP_LOGPROBS = 20  # vLLM's default ceiling for top_logprobs
 DECIDER_FILE = "status-decider.json"
 FEATURES = ("lp_answered", "lp_refused", "lp_escalate", "max_sentence_cosine", "max_passage_cosine")
+
+
+def top_by_text(tokens: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """(token text, log-probability) pairs as a mapping; two token ids that decode to the same
+    text keep the likelier one."""
+    top: dict[str, float] = {}
+    for text, logprob in tokens:
+        top[text] = max(top.get(text, -math.inf), logprob)
+    return top
 
 
 def status_logprobs(top: Mapping[str, float]) -> list[float]:
@@ -192,11 +201,7 @@ def model_top_logprobs(model, tokenizer, messages: Sequence[Mapping[str, str]], 
     with torch.inference_mode():
         logits = model(input_ids=ids).logits[0, -1].float()
     values, indices = torch.log_softmax(logits, -1).topk(k)
-    top: dict[str, float] = {}
-    for value, index in zip(values.tolist(), indices.tolist()):
-        text = tokenizer.decode([index])
-        top[text] = max(top.get(text, -math.inf), value)
-    return top
+    return top_by_text((tokenizer.decode([i]), v) for v, i in zip(values.tolist(), indices.tolist()))
 
 
 def fit_for_model(model, tokenizer, pairs: Sequence, scorer: SupportScorer, *, limit: int,

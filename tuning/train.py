@@ -127,25 +127,14 @@ def calibrate_registered(settings: Settings, version: str, *, items: int,
                          on_stage: Callable[[str], None] = lambda stage: None) -> AdapterRecord:
     """Fit a status decider for a registered adapter and register the pair as a new version (the
     same weights, its manifest noting `calibrated_from`); versions are never changed in place."""
-    import json
     import shutil
-
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuning.registry import MANIFEST
     from tuning.status import DECIDER_FILE
 
     registry = registry or AdapterRegistry(settings.adapters_dir)
-    record = registry.load(version)
-    if not record.manifest.dataset_path:
-        raise ConfigError(f"adapter {version} does not say which dataset it was trained on; retrain it instead")
-    pairs, _ = load_dataset(Path(record.manifest.dataset_path))
-    base_dir = Path(record.manifest.base_model.path) if record.manifest.base_model and record.manifest.base_model.path \
-        else base_model_identity(settings)[0]
-    on_stage(f"loading {version} on {base_dir.name}")
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), record.path)
+    on_stage(f"loading {version}")
+    record, pairs, tokenizer, model = _load_registered(settings, registry, version)
     on_stage(f"fitting the status decider on up to {items} held-out pairs")
     decider = fit_status_decider(settings, model, tokenizer, [p for p in pairs if p.split == "heldout"], items)
     if decider is None:
@@ -155,12 +144,26 @@ def calibrate_registered(settings: Settings, version: str, *, items: int,
             if path.is_file() and path.name not in (MANIFEST, DECIDER_FILE):
                 shutil.copy2(path, staged / path.name)
         decider.save(staged)
-        manifest = json.loads((record.path / MANIFEST).read_text(encoding="utf-8"))
-        for key in ("version", "created_at", "files"):
-            manifest.pop(key, None)
+        manifest = {k: v for k, v in record.manifest.to_json().items() if k not in ("version", "created_at", "files")}
         manifest["calibrated_from"] = version
-        manifest.setdefault("metrics", {})["status_decider"] = decider.fitted_on
+        manifest["metrics"] = {**manifest["metrics"], "status_decider": decider.fitted_on}
         return registry.register(staged, manifest)
+
+
+def _load_registered(settings: Settings, registry: AdapterRegistry, version: str):
+    """A registered adapter on its base model (fp32), with its dataset's pairs and the tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    record = registry.load(version)
+    if not record.manifest.dataset_path:
+        raise ConfigError(f"adapter {version} does not say which dataset it was trained on; retrain it instead")
+    pairs, _ = load_dataset(Path(record.manifest.dataset_path))
+    trained_on = record.manifest.base_model
+    base_dir = Path(trained_on.path) if trained_on and trained_on.path else base_model_identity(settings)[0]
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), record.path)
+    return record, pairs, tokenizer, model
 
 
 def compare_with_base(model, tokenizer, items, *, max_new_tokens: int, mergeable: bool) -> dict:
@@ -184,15 +187,8 @@ def compare_registered(settings: Settings, version: str, *, items: int, max_new_
                        registry: AdapterRegistry | None = None) -> dict:
     """Re-run the base-vs-adapter comparison for a registered adapter on its dataset's held-out
     pairs (more items than the quick check at the end of training)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    record = (registry or AdapterRegistry(settings.adapters_dir)).load(version)
-    pairs, _ = load_dataset(Path(record.manifest.dataset_path))
+    _, pairs, tokenizer, model = _load_registered(settings, registry or AdapterRegistry(settings.adapters_dir), version)
     chosen = pick_compare_items([p for p in pairs if p.split == "heldout"], items)
-    base_dir = Path(record.manifest.base_model.path)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), record.path)
     return compare_with_base(model, tokenizer, chosen, max_new_tokens=max_new_tokens, mergeable=True)
 
 
