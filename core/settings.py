@@ -171,6 +171,13 @@ class Settings(BaseSettings):
     tuning_gold_overlap_threshold: float = Field(0.9, gt=0.0, le=1.0, description="seed~gold cosine")
     tuning_heldout_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="seeds held out")
 
+    # ingest: each file is read in a worker process under these limits (ingest/sandbox.py); a file
+    # past one is rejected as too_costly. Both 0: read in-process, for debugging a loader
+    loader_memory_mb: int = Field(
+        1024, ge=0, description="memory reading one file may take beyond the loader's own; 0 = no limit"
+    )
+    loader_timeout_s: float = Field(30.0, ge=0.0, description="seconds reading one file may take; 0 = no limit")
+
     @field_validator("data_dir", "corpus_dir", "directory_file", "tuning_seeds_file", "gold_set_file", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

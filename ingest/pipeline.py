@@ -33,6 +33,7 @@ from ingest.plan import (
     superseded_row,
 )
 from ingest.report import IngestReport
+from ingest.sandbox import run_limited
 from retrieval.directory import load_directory
 from retrieval.embed import DenseEmbedder, SparseEncoder
 from retrieval.store import ChunkPayload, Store, StoredPoint
@@ -112,8 +113,11 @@ class Ingestor:
 
         def load(path: Path) -> LoadedDocument | None:
             t0 = time.perf_counter()
-            try:
-                return load_document(
+            try:  # in a worker process under a memory and a time limit (ingest/sandbox.py)
+                return run_limited(
+                    self.settings,
+                    path.relative_to(root).as_posix(),
+                    load_document,
                     path,
                     root,
                     max_bytes=self.settings.max_file_bytes,
