@@ -162,6 +162,13 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
             backend = VllmBackend(url, api_key=key, timeout_s=settings.generation_timeout_s)
             if supervisor is not None:
                 supervisor.on_restart = backend.forget_adapters
+                if settings.serve_merged:  # the promoted adapter at base-model speed (answer/merged.py)
+                    from answer.merged import MergedRouter
+
+                    backend = MergedRouter(backend, settings)
     pipeline = AnswerPipeline(settings, retriever, backend, base_model=identity)
+    if hasattr(backend, "serve_merged"):
+        backend.promoted = pipeline.current_adapter
+        backend.start()
     auth = Authenticator(settings, lambda: retriever.directory)  # follows edits of the directory file
     return Service(settings=settings, pipeline=pipeline, auth=auth, supervisor=supervisor)

@@ -81,6 +81,7 @@ class Generation:
     completion_tokens: int
     finish_reason: str
     first_token_s: float | None  # seconds from the request to the first generated text
+    merged: bool = False  # the adapter's merged weights answered (answer/merged.py), not run-time LoRA
 
 
 class Backend(Protocol):

@@ -301,6 +301,7 @@ class AnswerPipeline:
                 "base_model_sha256": self.base_model.sha256 if self.base_model else None,
                 "prompt": self.fingerprint,
                 "backend": self.backend.name,
+                "merged": bool(generation and generation.merged),
             },
             latency_ms={"retrieval": round(retrieval_ms, 1), "generation": round(generation_ms, 1),
                         "total": round(total_ms, 1),

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = Field(16, description="largest adapter rank (vLLM sizes its LoRA slots by it)")
     vllm_start_timeout_s: float = Field(420.0, gt=0)
     vllm_api_key: SecretStr | None = None
+    serve_merged: bool = Field(
+        True, description="the embedded vLLM also serves the promoted adapter merged into its base weights "
+        "(a second server, base-model speed; answer/merged.py); false: run-time LoRA only",
+    )
     generation_timeout_s: float = Field(120.0, gt=0, description="one generation, end to end")
     answer_max_tokens: int = Field(320, ge=32, le=2048, description="generated tokens per answer")
     escalation_template: str = Field(

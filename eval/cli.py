@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from core.settings import ANSWER_BACKENDS, check_backends, get_settings, settings_for_backend
+from core.settings import check_backends, get_settings, settings_for_backend
 from core.terminal import console, err_console
 
 review_app = typer.Typer(help="Human review of an eval run's edge cases.", no_args_is_help=True)
@@ -213,7 +213,8 @@ def bench_tuning(
 
 @bench_app.command("answer")
 def bench_answer(
-    backend: Annotated[list[str] | None, typer.Option(help="vllm and/or local (default: both)")] = None,
+    backend: Annotated[list[str] | None, typer.Option(
+        help="vllm (the promoted adapter merged), vllm-lora (run-time LoRA) and/or local (default: vllm, vllm-lora, local)")] = None,
     single: Annotated[int, typer.Option(min=1, help="sequential requests of one user")] = 6,
     users: Annotated[int, typer.Option(min=1, help="concurrent users")] = 8,
     rounds: Annotated[int, typer.Option(min=1, help="requests per concurrent user")] = 2,
@@ -223,11 +224,27 @@ def bench_answer(
     """End-to-end latency, throughput and time to first token: vLLM vs local backend, one run."""
     from eval.bench_answer import print_answer_results, run_answer_benchmark
 
-    backends = tuple(backend or ANSWER_BACKENDS)
-    check_backends(*backends)
+    backends = tuple(backend or ("vllm", "vllm-lora", "local"))
+    check_backends(*(b.removesuffix("-lora") for b in backends))
     out = run_answer_benchmark(get_settings(), backends=backends, single=single, users=users, rounds=rounds,
                                ttft=ttft, console=err_console)
     if as_json:
         console.print_json(json.dumps(out))
     else:
         print_answer_results(out, console)
+
+
+@bench_app.command("decode")
+def bench_decode(
+    adapter: Annotated[str | None, typer.Option(help="adapter version (default: the promoted one)")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="passes over the benchmark's questions")] = 2,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Decode speed of the base model, the adapter through run-time LoRA and the adapter merged, one run."""
+    from eval.bench_decode import print_decode_results, run_decode_benchmark
+
+    out = run_decode_benchmark(get_settings(), adapter_version=adapter, repeats=repeats, console=err_console)
+    if as_json:
+        console.print_json(json.dumps(out))
+    else:
+        print_decode_results(out, console)

@@ -35,6 +35,7 @@ class RunVersions(BaseModel):
     documents: dict[str, str] = Field(default_factory=dict)
     prompt: str | None = None
     backend: str | None = None
+    serving: str | None = Field(None, description="how the adapter was served: merged into its base weights, or run-time LoRA")
 
 
 class EvalRun(BaseModel):

@@ -200,8 +200,19 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
     references = references or reference_contexts(chunks)
     judge = JudgeScorer(settings, service.pipeline.retriever.embedder) if settings.eval_judge_url else None
 
+    serving = None
+    if version != "base" and hasattr(service.backend, "serve_merged"):  # measured as it would be served
+        on_stage(f"{version}: starting its merged server (run-time LoRA if that fails)")
+        merged = service.backend.serve_merged(pipeline.current_adapter(version), wait_s=settings.vllm_start_timeout_s + 120)
+        serving = "merged" if merged else "lora"
+    elif version != "base" and service.backend.name == "vllm":
+        serving = "lora"
     on_stage(f"{version}: {limit or len(eval_set.items)} items")
-    rows = evaluate(pipeline, eval_set, docs, adapter=version, limit=limit, concurrency=concurrency, on_item=on_item)
+    try:
+        rows = evaluate(pipeline, eval_set, docs, adapter=version, limit=limit, concurrency=concurrency, on_item=on_item)
+    finally:
+        if serving == "merged":
+            service.backend.serve_merged(None)  # back to following promotions
     if judge:
         on_stage(f"{version}: ragas metrics, judged by {settings.eval_judge_model} at {settings.eval_judge_url}")
     judged = add_ragas(rows, references, judge=judge, judge_items=settings.eval_judge_items)
@@ -241,6 +252,7 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
             "documents": {d.doc_id: d.version for d in sorted(docs.values(), key=lambda d: d.doc_id)},
             "prompt": pipeline.fingerprint,
             "backend": service.backend.name,
+            "serving": serving,
         },
         "summary": summary,
         "judge": {**judge_info(settings), **judged} if judge else None,

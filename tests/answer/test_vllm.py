@@ -140,6 +140,72 @@ def test_promotion_and_rollback_apply_without_a_restart(vllm_service, vllm_clien
     assert server.pid == pid  # nothing was restarted
 
 
+def test_the_promoted_adapter_is_served_merged_and_a_promotion_swaps_without_downtime(vllm_service, vllm_settings, server):
+    """Issue 16: the promoted adapter answers from a second server holding the merged weights
+    (base-model speed); the base model and other versions stay on the run-time-LoRA server; a
+    failed merged server is bypassed; a promotion answers through LoRA until its merged server
+    serves, then the old merged server is stopped."""
+    from answer.backends import VllmBackend
+    from answer.merged import MergedRouter
+    from core.prompt import build_messages, number_sentences
+    from core.references import parse_wire_answer, wire_json_schema
+    from tuning.registry import AdapterRegistry
+
+    pipeline = vllm_service.pipeline
+    router = MergedRouter(VllmBackend(server.url, api_key=server.api_key), vllm_settings, poll_s=0.5)
+    router.promoted = pipeline.current_adapter
+    passages = pipeline.retriever.search(CARRY_OVER, "alice", k=3)
+    messages, sentences = build_messages(CARRY_OVER, passages), number_sentences(passages)
+    carry = next(s.ref for s in sentences if "8 days" in s.text)
+
+    def ask(adapter):
+        return router.generate(messages, adapter, max_tokens=160, schema=wire_json_schema(sentences))
+
+    def wait_merged(version):
+        deadline = time.monotonic() + 480
+        while router.serving()["merged"] != version and time.monotonic() < deadline:
+            time.sleep(1)
+        assert router.serving()["merged"] == version, router.serving()
+
+    v1 = pipeline.current_adapter()
+    registry = AdapterRegistry(vllm_settings.adapters_dir)
+    try:
+        router.start()
+        wait_merged("v1")
+        merged = router.generate(messages, v1, max_tokens=160, schema=wire_json_schema(sentences))
+        assert merged.model == f"{v1.served_name} (merged)"
+        wire = parse_wire_answer(merged.text)
+        assert wire.status == "answered" and carry in wire.citations, merged.text
+        assert ask(None).model == "base"  # the base model is still the LoRA server's
+        merged_lp, lora_lp = router.status_top_logprobs(messages, v1), router.lora.status_top_logprobs(messages, v1)
+        assert max(merged_lp, key=merged_lp.get) == max(lora_lp, key=lora_lp.get)  # the same model, merged
+
+        first = router._active.server
+        os.killpg(first.pid, signal.SIGKILL)  # the merged server dies: LoRA answers the next request
+        deadline = time.monotonic() + 10
+        while first.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fallback = ask(v1)
+        assert fallback.model == v1.served_name and parse_wire_answer(fallback.text).status == "answered"
+
+        with registry.staging() as staged:  # the same weights as a new version, promoted
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copy2(v1.path / name, staged / name)
+            manifest = registry.load("v1").manifest.model_dump(exclude={"version", "created_at", "files", "broken"})
+            new = registry.register(staged, manifest)
+        registry.promote(new.version, force=True, reason="test")
+        during = ask(pipeline.current_adapter())
+        assert during.model in {pipeline.current_adapter().served_name, f"{pipeline.current_adapter().served_name} (merged)"}
+        wait_merged(new.version)
+        assert ask(pipeline.current_adapter()).model.endswith("(merged)")
+        assert not first.alive()  # the previous merged server was stopped after the switch
+        assert [s["version"] for s in router.swaps] == ["v1", new.version]
+    finally:
+        if registry.promoted_version() != "v1":
+            registry.rollback()
+        router.close()
+
+
 def test_the_embedded_server_refuses_requests_without_its_per_start_key(server):
     """Issue 15 #8: with no key, any local account could load its own adapter at run time."""
     import httpx
