@@ -134,6 +134,10 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
     from retrieval.retriever import Retriever
 
     check_production_secrets(settings)
+    if settings.answer_backend == "vllm" and backend is None and settings.service_torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.service_torch_threads)  # see the setting: vLLM spins after a request
     on_stage("opening the index")
     retriever = Retriever.from_settings(settings, embedder=embedder)
     model_dir, identity = base_model_identity(settings)

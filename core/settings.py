@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = Field(16, description="largest adapter rank (vLLM sizes its LoRA slots by it)")
     vllm_start_timeout_s: float = Field(420.0, gt=0)
     vllm_api_key: SecretStr | None = None
+    service_torch_threads: int = Field(
+        1, ge=0, description="torch threads of the answer service's own work (query and sentence embedding) when "
+        "vLLM generates; 0 = torch's default. vLLM busy-polls for ~1 s after each request, and 2 torch "
+        "threads against it took 490 ms to embed a query instead of 12 ms (README, Benchmarks)",
+    )
     serve_merged: bool = Field(
         True, description="the embedded vLLM also serves the promoted adapter merged into its base weights "
         "(a second server, base-model speed; answer/merged.py); false: run-time LoRA only",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import threading
 import time
@@ -186,13 +187,20 @@ def start_background(settings: Settings, service, decision: Plan) -> threading.T
 def prepare_adapter(settings: Settings, service, decision: Plan, work) -> str | None:
     """Train (when asked), evaluate on the locked gold set, and promote through the gate; returns
     the promoted version, or None when the gate refused it (the outcome says why)."""
+    import torch
+
     from eval.gate import gated_promote
     from tuning.registry import PromotionRefused
 
     version = decision.version
+    service_threads = torch.get_num_threads()  # the service runs on few (answer/app.py); training on all
     try:
         if decision.action == "train":
-            version = _train(settings, work)
+            torch.set_num_threads(os.cpu_count() or 1)
+            try:
+                version = _train(settings, work)
+            finally:
+                torch.set_num_threads(service_threads)
         if decision.action in ("train", "evaluate"):
             _evaluate(settings, service, version, work)
         work.update(f"promoting {version} through the gate")

@@ -29,3 +29,19 @@ def export_merged(record: AdapterRecord, out: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tuning.export ADAPTERS_DIR VERSION OUT`: the registered, hash-checked adapter
+    merged into OUT. The answer service runs it as a child process, so that merging (the base
+    model loaded in fp32, PEFT imported) never adds to the service's own memory."""
+    import sys
+
+    from tuning.registry import AdapterRegistry
+
+    adapters_dir, version, out = argv if argv is not None else sys.argv[1:]
+    print(export_merged(AdapterRegistry(Path(adapters_dir)).load(version), Path(out)))
+
+
+if __name__ == "__main__":
+    main()
