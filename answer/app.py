@@ -142,6 +142,7 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
     retriever = Retriever.from_settings(settings, embedder=embedder)
     model_dir, identity = base_model_identity(settings)
     supervisor = None
+    router = None  # the promoted adapter served merged (answer/merged.py)
     if backend is None:
         if settings.answer_backend == "local":
             from answer.backends import LocalBackend
@@ -166,13 +167,13 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
             backend = VllmBackend(url, api_key=key, timeout_s=settings.generation_timeout_s)
             if supervisor is not None:
                 supervisor.on_restart = backend.forget_adapters
-                if settings.serve_merged:  # the promoted adapter at base-model speed (answer/merged.py)
+                if settings.serve_merged:  # the promoted adapter at base-model speed
                     from answer.merged import MergedRouter
 
-                    backend = MergedRouter(backend, settings)
+                    backend = router = MergedRouter(backend, settings)
     pipeline = AnswerPipeline(settings, retriever, backend, base_model=identity)
-    if hasattr(backend, "serve_merged"):
-        backend.promoted = pipeline.current_adapter
-        backend.start()
+    if router is not None:
+        router.promoted = pipeline.current_adapter
+        router.start()
     auth = Authenticator(settings, lambda: retriever.directory)  # follows edits of the directory file
     return Service(settings=settings, pipeline=pipeline, auth=auth, supervisor=supervisor)

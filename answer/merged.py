@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -43,12 +42,6 @@ class _Merged:
     server: Any  # answer.vllm_server.VllmServer
     backend: VllmBackend
     down_until: float = 0.0  # after a failure, run-time LoRA answers until then
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MergedRouter:
@@ -89,12 +82,14 @@ class MergedRouter:
         following promotions); waits up to `wait_s` for it. True when it serves merged."""
         with self._lock:
             self._pinned = adapter
+            if adapter is not None:  # asked for now: an earlier failure is retried, not waited out
+                self._failed.pop(adapter.served_name, None)
         self._wake.set()
         if adapter is None:
             return False
         with self._ready:
-            self._ready.wait_for(lambda: self._serving(adapter) or adapter.served_name in self._failed, timeout=wait_s)
-            return self._serving(adapter)
+            self._ready.wait_for(lambda: self._active_for(adapter) or adapter.served_name in self._failed, timeout=wait_s)
+            return self._active_for(adapter) is not None
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -127,7 +122,7 @@ class MergedRouter:
         self._prepare(target)
 
     def _prepare(self, adapter: AdapterRef) -> None:
-        from answer.vllm_server import VllmServer
+        from answer.vllm_server import VllmServer, free_port
         from tuning.registry import AdapterRegistry, RegistryError
 
         started = time.perf_counter()
@@ -142,7 +137,7 @@ class MergedRouter:
                                    adapter.version, str(folder)], capture_output=True, text=True, timeout=3600)
             if done.returncode != 0:
                 raise RuntimeError(f"merging failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-            server = VllmServer(folder, self.settings, port=_free_port(),
+            server = VllmServer(folder, self.settings, port=free_port(),
                                 log_path=self.settings.data_dir / "logs" / "vllm-merged.log")
             server.start()
         except Exception as exc:  # any failure leaves run-time LoRA answering; retried later
@@ -172,16 +167,16 @@ class MergedRouter:
         if old is not None:
             _close(old)
 
-    def _serving(self, adapter: AdapterRef | None) -> bool:
+    def _active_for(self, adapter: AdapterRef | None) -> _Merged | None:
+        """The merged server of `adapter`, when it is the one serving (read once: it may be swapped)."""
         active = self._active
-        return adapter is not None and active is not None and active.name == adapter.served_name
+        return active if adapter is not None and active is not None and active.name == adapter.served_name else None
 
     # -- the Backend protocol ------------------------------------------------------------------
 
     def _route(self, adapter: AdapterRef | None, call: Callable[[VllmBackend, AdapterRef | None], Any]):
-        active = self._active
-        if (adapter is not None and active is not None and active.name == adapter.served_name
-                and time.monotonic() >= active.down_until):
+        active = self._active_for(adapter)
+        if active is not None and time.monotonic() >= active.down_until:
             try:
                 return call(active.backend, None)  # the merged weights are that server's base model
             except BackendUnavailable as exc:
@@ -189,7 +184,7 @@ class MergedRouter:
                 # tried again after a pause (not once per request)
                 active.down_until = time.monotonic() + _RETRY_AFTER_S
                 logger.warning("the merged server of %s failed (%s); run-time LoRA answers for %.0f s",
-                               adapter.version, exc, _RETRY_AFTER_S)
+                               active.version, exc, _RETRY_AFTER_S)
         return call(self.lora, adapter)
 
     def generate(self, messages, adapter, *, max_tokens, on_token=None, schema=None) -> Generation:

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +30,13 @@ from core.settings import Settings
 logger = logging.getLogger(__name__)
 
 SERVED_BASE = "base"
+
+
+def free_port() -> int:
+    """A loopback port free now (the OS picks it), for a server this process starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def vllm_command(model_dir: Path, settings: Settings, *, port: int) -> list[str]:

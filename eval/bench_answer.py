@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from statistics import median
 
 import httpx
 
+from answer.vllm_server import free_port
 from core.errors import PolicyRagError
 from core.settings import Settings
 
@@ -40,15 +40,12 @@ QUESTIONS = [
 ]
 
 
+BACKENDS = ("vllm", "vllm-lora", "local")  # vllm: the promoted adapter merged; vllm-lora: run-time LoRA
+
+
 class BenchError(PolicyRagError):
     code = "bench_failed"
     http_status = 500  # a benchmark is never an HTTP answer; a failure of ours
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -63,9 +60,9 @@ class _Service:
     def __init__(self, backend: str, settings: Settings, log: Path) -> None:
         self.backend = backend
         served = "local" if backend == "local" else "vllm"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "POLICYRAG_DATA_DIR": str(settings.data_dir), "POLICYRAG_VLLM_PORT": str(_free_port()),
+        env = {**os.environ, "POLICYRAG_DATA_DIR": str(settings.data_dir), "POLICYRAG_VLLM_PORT": str(free_port()),
                # throughput, not fairness: the per-user share would turn a user's 5th parallel
                # request into 429 (the questions come from 6 users)
                "POLICYRAG_MAX_CONCURRENT_ANSWERS": "64", "POLICYRAG_MAX_ANSWERS_PER_USER": "64",
@@ -189,7 +186,7 @@ def bench_backend(backend: str, settings: Settings, *, single: int, users: int, 
     }
 
 
-def run_answer_benchmark(settings: Settings, *, backends=("vllm", "local"), single: int = 6, users: int = 8,
+def run_answer_benchmark(settings: Settings, *, backends=BACKENDS, single: int = 6, users: int = 8,
                          rounds: int = 2, ttft: int = 3, console=None) -> dict:
     from tuning.registry import AdapterRegistry
 

@@ -39,11 +39,10 @@ def _prompts(settings: Settings):
 
 def _measure(settings: Settings, model_dir: Path, adapter, prompts, *, label: str, repeats: int) -> dict:
     from answer.backends import VllmBackend
-    from answer.vllm_server import VllmServer
+    from answer.vllm_server import VllmServer, free_port
     from core.references import wire_json_schema
-    from eval.bench_answer import _free_port
 
-    server = VllmServer(model_dir, settings, port=_free_port(), restart=False,
+    server = VllmServer(model_dir, settings, port=free_port(), restart=False,
                         log_path=settings.data_dir / "logs" / f"bench-decode-{label}.log")
     started = time.perf_counter()
     server.start()

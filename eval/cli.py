@@ -222,9 +222,9 @@ def bench_answer(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """End-to-end latency, throughput and time to first token: vLLM vs local backend, one run."""
-    from eval.bench_answer import print_answer_results, run_answer_benchmark
+    from eval.bench_answer import BACKENDS, print_answer_results, run_answer_benchmark
 
-    backends = tuple(backend or ("vllm", "vllm-lora", "local"))
+    backends = tuple(backend or BACKENDS)
     check_backends(*(b.removesuffix("-lora") for b in backends))
     out = run_answer_benchmark(get_settings(), backends=backends, single=single, users=users, rounds=rounds,
                                ttft=ttft, console=err_console)

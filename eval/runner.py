@@ -200,8 +200,10 @@ def run_eval(settings: Settings, *, service, adapter: str = "promoted", baseline
     references = references or reference_contexts(chunks)
     judge = JudgeScorer(settings, service.pipeline.retriever.embedder) if settings.eval_judge_url else None
 
+    from answer.merged import MergedRouter
+
     serving = None
-    if version != "base" and hasattr(service.backend, "serve_merged"):  # measured as it would be served
+    if version != "base" and isinstance(service.backend, MergedRouter):  # measured as it would be served
         on_stage(f"{version}: starting its merged server (run-time LoRA if that fails)")
         merged = service.backend.serve_merged(pipeline.current_adapter(version), wait_s=settings.vllm_start_timeout_s + 120)
         serving = "merged" if merged else "lora"

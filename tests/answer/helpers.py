@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
+from answer.vllm_server import free_port  # noqa: F401  (the tests take it from here)
 from core.settings import Settings
 
 CARRY_OVER = "How many days of annual leave can I carry over?"
@@ -82,12 +82,6 @@ def train_tiny_adapter(settings: Settings, embedder) -> str:
                                             "method": "lora", "config": config.to_json()})
     registry.promote(record.version, force=True, reason="test fixture")
     return record.version
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def register_copy(data: Path, source: str = "v1", **manifest) -> str:
