@@ -176,6 +176,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["all-staff", "contractors"],
         description="only documents readable by these groups enter training text",
     )
+    tuning_audience_regions: list[str] = Field(
+        default_factory=lambda: ["global"],
+        description="only documents of these regions enter training text (the adapter is served to every "
+                    "region; adding one lets its region-only text be learned by an adapter everyone uses)",
+    )
     tuning_dedupe_threshold: float = Field(0.97, gt=0.0, le=1.0, description="question cosine")
     tuning_gold_overlap_threshold: float = Field(0.9, gt=0.0, le=1.0, description="seed~gold cosine")
     tuning_heldout_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="seeds held out")

@@ -30,7 +30,8 @@ def build_training_data(
     check_gold_overlap(seeds, load_gold_questions(settings.gold_set_file), embed, settings.tuning_gold_overlap_threshold)
 
     on_stage(f"retrieving contexts for {len(seeds)} seeds")
-    builder = PairBuilder(retriever, k=settings.answer_passages, audience=settings.tuning_audience_groups)
+    builder = PairBuilder(retriever, k=settings.answer_passages, audience=settings.tuning_audience_groups,
+                          regions=settings.tuning_audience_regions)
     candidates, rejections = builder.build(seeds)
 
     on_stage(f"applying the dataset rules to {len(candidates)} candidate pairs")

@@ -16,9 +16,10 @@ Variants of a seed:
   the section seeds, whose targets are 74% `answered`).
 
 Every search goes through the retriever (the one ACL path) and is narrowed to the training
-audience (`tuning_audience_groups`, default: documents every employee or contractor may read),
-so text from restricted documents never enters the training data: the adapter is served to
-everyone and must not be able to recite a document from memory.
+audience: documents every employee or contractor may read (`tuning_audience_groups`) that apply
+in every region (`tuning_audience_regions`, default `global`). Text from restricted or
+region-only documents never enters the training data: the adapter is served to everyone in
+every region and must not be able to recite a document from memory to someone who may not read it.
 """
 
 from __future__ import annotations
@@ -129,12 +130,14 @@ class Candidate:
 
 
 class PairBuilder:
-    """Usage: `PairBuilder(retriever, k=3, audience=("all-staff", "contractors")).build(seeds)`."""
+    """Usage: `PairBuilder(retriever, k=3, audience=("all-staff", "contractors")).build(seeds)`;
+    `regions` (default: `global` only) are the document regions training may read."""
 
-    def __init__(self, retriever: Retriever, *, k: int, audience: Sequence[str], seed: int = 0) -> None:
+    def __init__(self, retriever: Retriever, *, k: int, audience: Sequence[str],
+                 regions: Sequence[str] = ("global",), seed: int = 0) -> None:
         self.retriever = retriever
         self.k = k
-        self.narrow = SearchFilters(groups=tuple(audience))
+        self.narrow = SearchFilters(groups=tuple(audience), regions=tuple(regions))
         self.seed = seed
         self._doc_acl: dict[str, ChunkPayload] | None = None
 
@@ -165,8 +168,8 @@ class PairBuilder:
         in_audience = seed.doc_id is None or self._readable_by_audience(seed.doc_id)
         if seed.kind == "answered" and not in_audience:
             rejected.append(Rejection(seed.id, "original", "outside_audience",
-                f"{seed.doc_id!r} is not readable by the training audience; only its restricted "
-                "variant is built, so its text never enters training"))
+                f"{seed.doc_id!r} is not readable by the training audience in every training region; "
+                "only its restricted variant is built, so its text never enters training"))
         else:
             for variant, question in questions:
                 context = self._context(question, seed.user)
@@ -267,10 +270,12 @@ class PairBuilder:
         return out
 
     def _readable_by_audience(self, doc_id: str) -> bool:
-        """The training audience (settings.tuning_audience_groups, every region) may read it."""
+        """The training audience (settings.tuning_audience_groups) may read it, and it applies in
+        a training region (settings.tuning_audience_regions)."""
         chunk = self._doc_chunks().get(doc_id)
         audience = Principal("tuning-audience", tuple(self.narrow.groups or ()), "global")
-        return chunk is not None and bool(audience.groups) and may_read(audience, chunk.groups, chunk.region)
+        return (chunk is not None and bool(audience.groups) and chunk.region in (self.narrow.regions or ())
+                and may_read(audience, chunk.groups, chunk.region))
 
     def _doc_chunks(self) -> dict[str, ChunkPayload]:
         """doc_id -> one chunk of its indexed (current) version, for its access metadata."""

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tuning.batching import IGNORE, Example, batches, collate
 from tuning.config import TrainConfig
-from tuning.examples import IGNORE, Example, batches, collate
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def train_loop(
         step_loss = 0.0
         for start in range(0, len(examples), config.micro_batch_size):
             micro = examples[start:start + config.micro_batch_size]
-            batch = collate(micro, pad_id)
-            with _autocast(config):
+            batch = _on_device(collate(micro, pad_id), model)
+            with _autocast(config, model):
                 loss = response_loss(model, batch, logits_only_on_response=config.response_logits_only)
             share = sum(e.response_tokens for e in micro) / total_response
             (loss * share).backward()
@@ -200,17 +200,24 @@ def evaluate_loss(model, examples: Sequence[Example], config: TrainConfig, *, pa
     total, count = 0.0, 0
     for start in range(0, len(examples), config.micro_batch_size):
         chunk = examples[start:start + config.micro_batch_size]
-        with _autocast(config):
-            loss = response_loss(model, collate(chunk, pad_id), logits_only_on_response=True)
+        with _autocast(config, model):
+            loss = response_loss(model, _on_device(collate(chunk, pad_id), model), logits_only_on_response=True)
         n = sum(e.response_tokens for e in chunk)
         total += float(loss) * n
         count += n
     return total / count
 
 
-def _autocast(config: TrainConfig) -> torch.autocast:
-    """bf16 compute where configured; the LoRA weights and the optimizer stay fp32."""
-    return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+def _autocast(config: TrainConfig, model) -> torch.autocast:
+    """bf16 compute where configured, on the model's device (CPU here, CUDA on a GPU machine);
+    the LoRA weights and the optimizer stay fp32."""
+    device = next(model.parameters()).device.type
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+def _on_device(batch: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
+    return batch if device.type == "cpu" else {k: v.to(device) for k, v in batch.items()}
 
 
 def _lora_state(model) -> dict[str, torch.Tensor]:

@@ -26,6 +26,9 @@ SEEDS = [
     Seed(id="poem", kind="out_of_scope", user="bob", question="Write me a short poem about the sea."),
     Seed(id="car", kind="no_source", user="bob", question="Do I get a company car allowance?"),
 ]
+CARRY_OVER = Seed(id="carry", kind="answered", user="alice", question="How many days of annual leave can I carry over?",
+                  answer="Up to 8 days.", doc_id="leave-uk",
+                  quote="Employees may carry over up to 8 days of unused annual leave into the next leave year.")
 
 
 def _builder(retriever):
@@ -91,6 +94,21 @@ def test_no_training_text_comes_from_restricted_documents(corpus_retriever):
         assert not any(canary in blob for canary in CANARIES)
 
 
+def test_region_only_documents_do_not_train_the_adapter_every_region_is_served(corpus_retriever):
+    """Issue 15 #12: leave-uk is readable by all-staff, but only in the UK; the adapter answers US and
+    DE staff too, so the UK text must not be learned (unless an operator adds UK to the regions)."""
+    candidates, rejections = _builder(corpus_retriever).build([CARRY_OVER])
+    assert any(r.seed_id == "carry" and r.rule == "outside_audience" for r in rejections)
+    assert not [c for c in candidates if c.target.status == "answered"]
+    chunks = _builder(corpus_retriever)._doc_chunks()
+    for c in candidates:
+        assert all(chunks[p.doc_id].region == "global" for p in c.context), c.variant
+    # the opt-in: training for the UK region as well learns the UK rule, cited from leave-uk
+    uk = PairBuilder(corpus_retriever, k=3, audience=("all-staff", "contractors"), regions=("global", "UK"))
+    answered = [c for c in uk.build([CARRY_OVER])[0] if c.target.status == "answered"]
+    assert answered and all(c.target.citations[0].id.startswith("leave-uk@") for c in answered)
+
+
 @hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     user=st.sampled_from(["alice", "bob", "clara", "mike", "hannah", "leo", "carla", "sam", "erin", "connor"]),
@@ -107,6 +125,7 @@ def test_training_contexts_hold_only_what_the_user_and_the_audience_may_read(cor
         chunk = chunks[passage.doc_id]
         assert build_acl_filter(who).matches(chunk.to_store())
         assert set(chunk.groups) & {"all-staff", "contractors"}
+        assert chunk.region == "global"
 
 
 def test_held_out_split_is_per_seed_and_stable():

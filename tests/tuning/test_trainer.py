@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from core.contract import refusal, render_answer
+from tuning.batching import IGNORE, Example, batches, collate
 from tuning.config import TrainConfig
 from tuning.dataset import DatasetReport, write_dataset
-from tuning.examples import IGNORE, Example, batches, collate, encode_pair
+from tuning.examples import encode_pair
 from tuning.pairs import ContextPassage, TrainingPair
 from tuning.registry import AdapterRegistry
 from tuning.trainer import load_for_training, response_loss, train_loop
