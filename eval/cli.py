@@ -103,6 +103,20 @@ def report_command(
     console.print(f"report: {html_path}" + (f"\n        {pdf_path}" if pdf_path else ""))
 
 
+def curve_bundle_command(
+    out: Annotated[Path, typer.Argument(help="the bundle folder to write")],
+    run: Annotated[str | None, typer.Option(help="the eval run whose gold items are measured (default: the latest)")] = None,
+    dataset: Annotated[Path | None, typer.Option(help="dataset folder (default: the latest built)")] = None,
+) -> None:
+    """What `python -m tuning.curve` needs to train and draw the learning curve on another machine
+    (a GPU one): encoded pairs, status prompts of held-out pairs and gold items, the base's digest."""
+    from eval.curve_bundle import bundle_from_run
+
+    with err_console.status("encoding the pairs and the status prompts"):
+        summary = bundle_from_run(get_settings(), run, out, dataset=dataset)
+    console.print_json(json.dumps(summary))
+
+
 def checklist_command(
     adapter: Annotated[str | None, typer.Option(help="adapter version (default: the promoted one)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,

@@ -27,6 +27,7 @@ from core.terminal import console, err_console, print_error
 from eval.cli import (
     bench_app,
     checklist_command,
+    curve_bundle_command,
     eval_command,
     report_command,
     review_app,
@@ -78,6 +79,7 @@ app.add_typer(keys_app, name="keys")
 app.command("eval")(eval_command)
 app.command("report")(report_command)
 app.command("checklist")(checklist_command)
+app.command("curve-bundle")(curve_bundle_command)
 app.add_typer(review_app, name="review")
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")

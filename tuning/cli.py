@@ -150,6 +150,20 @@ def calibrate(
     _print_record(record, as_json)
 
 
+@tune_app.command("import")
+def import_adapter(
+    folder: Annotated[Path, typer.Argument(help="an adapter folder written by `python -m tuning.curve`")],
+    items: Annotated[int, typer.Option(min=3, help="held-out pairs to fit the status decider on")] = 240,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Register an adapter trained on another machine (same dataset, base model and prompt)."""
+    from tuning.train import import_trained
+
+    with err_console.status(f"importing {folder}") as status:
+        record = import_trained(get_settings(), folder, items=items, on_stage=lambda stage: status.update(stage))
+    _print_record(record, as_json)
+
+
 @adapters_app.command("list")
 def adapters_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every registered adapter; the promoted one is marked."""

@@ -150,6 +150,55 @@ def calibrate_registered(settings: Settings, version: str, *, items: int,
         return registry.register(staged, manifest)
 
 
+def import_trained(settings: Settings, folder: Path, *, items: int = 240, registry: AdapterRegistry | None = None,
+                   on_stage: Callable[[str], None] = lambda stage: None) -> AdapterRecord:
+    """Register an adapter trained elsewhere (`python -m tuning.curve`, e.g. on a GPU machine) after
+    checking it was trained on this dataset, base model and prompt; its status decider is fitted
+    here, as after `tune train`."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    registry = registry or AdapterRegistry(settings.adapters_dir)
+    try:
+        info = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{folder} is not an adapter from `python -m tuning.curve` ({exc})") from None
+    dataset_dir = settings.datasets_dir / str(info.get("dataset_hash", ""))[:12]
+    if not (dataset_dir / "pairs.jsonl").exists():
+        raise ConfigError(f"{folder} was trained on dataset {info.get('dataset_hash', '?')[:12]}, which is not in "
+                          f"{settings.datasets_dir}; build it here (`policyrag tune build-data`) from the same corpus")
+    pairs, dataset_hash = load_dataset(dataset_dir)
+    base_dir, base = base_model_identity(settings)
+    mismatch = base.mismatch(info.get("base_model") or {}) or (
+        dataset_hash != info["dataset_hash"] and "its dataset's files changed") or (
+        info.get("prompt_fingerprint") != prompt_fingerprint() and "it was trained with another prompt")
+    if mismatch:
+        raise ConfigError(f"{folder} cannot be served here: {mismatch}")
+    on_stage(f"loading {folder.name} on {base.name}")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), folder)
+    on_stage(f"fitting the status decider on up to {items} held-out pairs")
+    decider = fit_status_decider(settings, model, tokenizer, [p for p in pairs if p.split == "heldout"], items)
+    with registry.staging() as staged:
+        model.save_pretrained(staged)
+        if decider is not None:
+            decider.save(staged)
+        config = info.get("config", {})
+        manifest = {
+            "base_model": base.as_dict(), "method": config.get("method", "lora"), "dataset_hash": dataset_hash,
+            "prompt_fingerprint": prompt_fingerprint(), "dataset_path": str(dataset_dir),
+            "eval_set_hash": sha256_file(settings.gold_set_file) if settings.gold_set_file.exists() else None,
+            "config": config,
+            "metrics": {"training": {"step": info.get("step"), "eval_loss": info.get("heldout_loss"),
+                                     "eval_history": info.get("eval_history", []), "trained_with": info.get("versions", {})},
+                        **({"status_decider": decider.fitted_on} if decider is not None else {})},
+            "versions": _library_versions(),
+        }
+        return registry.register(staged, manifest)
+
+
 def _load_registered(settings: Settings, registry: AdapterRegistry, version: str):
     """A registered adapter on its base model (fp32), with its dataset's pairs and the tokenizer."""
     from peft import PeftModel
