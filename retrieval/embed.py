@@ -1,4 +1,5 @@
-"""Dense (MiniLM via sentence-transformers) and sparse (BM25 term weights) vectors.
+"""Dense (MiniLM via sentence-transformers, or the same weights through OpenVINO) and sparse
+(BM25 term weights) vectors.
 
 Sparse vectors come from Qdrant Edge's built-in `Bm25` model: English tokenizer, stop words and
 Snowball stemming, term-frequency weights with BM25 saturation; the store applies IDF
@@ -11,6 +12,9 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -27,17 +31,31 @@ class DenseEmbedder:
     """Usage: `DenseEmbedder(path).embed(["text", ...])` -> unit-length 384-d vectors.
 
     The model loads on first use; `calls` and `texts_embedded` count the work done (the ingest
-    benchmark and tests check that an unchanged corpus costs zero embedding calls)."""
+    benchmark and tests check that an unchanged corpus costs zero embedding calls).
+    `backend="openvino"` (ingest) runs the same weights through OpenVINO, converted once into
+    `cache_dir` (retrieval/embed_openvino.py); the default torch backend keeps the query path
+    on torch, whose thread count the answer service sets (`service_torch_threads`)."""
 
     def __init__(
-        self, model_path: Path, *, batch_size: int = 32, dtype: str = "auto"
+        self,
+        model_path: Path,
+        *,
+        batch_size: int = 32,
+        dtype: str = "auto",
+        backend: Literal["torch", "openvino"] = "torch",
+        cache_dir: Path | None = None,
     ) -> None:
+        if backend == "openvino" and cache_dir is None:
+            raise ConfigError("backend='openvino' needs cache_dir (where the converted model is kept)")
         self.model_path = model_path
         self.batch_size = batch_size
         self.dtype = resolve_dtype(dtype)
+        self.backend = backend
+        self.cache_dir = cache_dir
         self.calls = 0
         self.texts_embedded = 0
         self._model = None
+        self._openvino = None
         self._lock = threading.Lock()
 
     @property
@@ -60,11 +78,21 @@ class DenseEmbedder:
                 )
         return self._model
 
+    def load(self) -> None:
+        """Load the model now (ingest does, before the PII models, so that a first-run conversion
+        to OpenVINO never runs beside them)."""
+        if self.backend == "openvino":
+            self._openvino_encoder()
+        else:
+            self.model  # noqa: B018 (the property loads it)
+
     def embed(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
         self.calls += 1
         self.texts_embedded += len(texts)
+        if self.backend == "openvino":
+            return self._openvino_encoder().encode(texts, batch_size=self.batch_size).tolist()
         import torch
 
         vectors = self.model.encode(
@@ -75,6 +103,16 @@ class DenseEmbedder:
         )
         # normalize in fp32: bf16 rounding would leave vectors ~0.5% off unit length
         return torch.nn.functional.normalize(vectors.float(), dim=-1).tolist()
+
+
+    def _openvino_encoder(self):
+        with self._lock:
+            if self._openvino is None:
+                from retrieval.embed_openvino import OpenVinoEncoder
+
+                logger.info("loading embedding model from %s (OpenVINO)", self.model_path)
+                self._openvino = OpenVinoEncoder(self.model_path, self.cache_dir, precision=self.dtype)
+        return self._openvino
 
 
 def resolve_dtype(dtype: str) -> str:

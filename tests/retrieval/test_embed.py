@@ -1,6 +1,10 @@
 import math
 
+import numpy as np
+import pytest
+
 from retrieval.embed import DenseEmbedder, SparseEncoder
+from tests.conftest import CORPUS
 
 
 def cosine(a, b):
@@ -30,3 +34,45 @@ def test_sparse_vectors_weight_terms_and_match_stems():
     query = enc.query("carrying over leave")
     assert len(doc.indices) == len(doc.values) and all(v > 0 for v in doc.values)
     assert set(query.indices) & set(doc.indices)  # stemmed terms overlap
+
+
+def _policy_paragraphs() -> list[str]:
+    """Real texts: every paragraph of the shipped policies (headings, lists and prose)."""
+    return [
+        para.strip()
+        for path in sorted(CORPUS.glob("*.md"))
+        for para in path.read_text(encoding="utf-8").split("\n\n")
+        if len(para.strip()) > 20
+    ]
+
+
+@pytest.fixture(scope="module")
+def openvino(embedder, tmp_path_factory) -> DenseEmbedder:
+    return DenseEmbedder(
+        embedder.model_path, backend="openvino", cache_dir=tmp_path_factory.mktemp("models")
+    )
+
+
+@pytest.mark.slow
+def test_openvino_vectors_agree_with_torch_on_real_texts(embedder, openvino):
+    texts = _policy_paragraphs()
+    assert len(texts) > 500
+    fp32 = np.array(DenseEmbedder(embedder.model_path, dtype="float32").embed(texts))
+    today = np.array(embedder.embed(texts))  # what ingest stored before (torch, settings dtype)
+    ours = np.array(openvino.embed(texts))
+    assert ours.shape == (len(texts), 384)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert (ours * fp32).sum(axis=1).min() >= 0.9999
+    assert (ours * today).sum(axis=1).min() >= 0.999
+    # the order of the texts in a call does not change a vector (length-sorted batches)
+    assert np.allclose(np.array(openvino.embed(texts[::-1]))[::-1], ours, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_openvino_model_is_converted_once_and_reused(openvino):
+    openvino.embed(["Carry over up to 8 days."])
+    (folder,) = (openvino.cache_dir / "minilm-openvino").iterdir()  # no staging folder left
+    built = (folder / "model.bin").stat().st_mtime_ns
+    again = DenseEmbedder(openvino.model_path, backend="openvino", cache_dir=openvino.cache_dir)
+    assert again.embed(["Carry over up to 8 days."]) == openvino.embed(["Carry over up to 8 days."])
+    assert (folder / "model.bin").stat().st_mtime_ns == built
