@@ -166,7 +166,8 @@ class PairBuilder:
         questions.append(("rule_paraphrase", rng.choice(_RULES)(seed.question)))
 
         in_audience = seed.doc_id is None or self._readable_by_audience(seed.doc_id)
-        if seed.kind == "answered" and not in_audience:
+        # a "not in policy" target needs the document's passages in the context, so it is outside too
+        if seed.kind in ("answered", "not_in_policy") and not in_audience:
             rejected.append(Rejection(seed.id, "original", "outside_audience",
                 f"{seed.doc_id!r} is not readable by the training audience in every training region; "
                 "only its restricted variant is built, so its text never enters training"))
