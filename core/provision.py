@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.digest import sha256_file
 from core.errors import ModelMissingError
+from core.gguf import dequantize_gguf
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -99,27 +100,13 @@ def provision_base_model(settings: Settings, *, force: bool = False) -> BaseMode
     if info and not force and info.source_sha256 == digest and (target / "config.json").exists():
         return info
 
-    import torch
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logger.info("converting %s (sha256 %s) into %s", source.name, digest[:12], target)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        str(source.parent), gguf_file=source.name, dtype=torch.float32
-    )
+    plain, missing, unexpected = dequantize_gguf(source)
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-    # save_pretrained refuses the GGUF-loaded object (it keeps a quantization_config); rebuild a
-    # plain model from the config and move the dequantized weights into it.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config = AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
-    missing = [m for m in missing if "lm_head" not in m]  # tied to the embeddings
     if missing or unexpected:
         raise ModelMissingError(
             f"GGUF conversion of {source} lost weights (missing {missing[:3]}, unexpected "

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from statistics import median
 from typing import Any
 
+from core.status_metrics import status_precision_recall
+
 STATUSES = ("answered", "refused", "escalate")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -92,8 +94,6 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     confusion = {e: {g: 0 for g in STATUSES} for e in STATUSES}
     for r in rows:
         confusion[r["expected_status"]][r["status"]] += 1
-    expected_refused = [r for r in rows if r["expected_status"] == "refused"]
-    predicted_refused = [r for r in rows if r["status"] == "refused"]
     answerable = [r for r in rows if r["expected_status"] == "answered"]
     generated = [r for r in rows if r["model_called"]]
     with_sources = [r for r in rows if r["retrieval"] is not None]
@@ -107,8 +107,9 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "token_f1": _mean([r["token_f1"] for r in subset if r["token_f1"] is not None]),
             "leaks": sum(bool(r["leaks"]) for r in subset),
         }
-    expected_escalate = [r for r in rows if r["expected_status"] == "escalate"]
-    predicted_escalate = [r for r in rows if r["status"] == "escalate"]
+    expected, decided = [r["expected_status"] for r in rows], [r["status"] for r in rows]
+    refusal = status_precision_recall(expected, decided, "refused")
+    escalation = status_precision_recall(expected, decided, "escalate")
     return {
         "items": n,
         "schema_validity": _mean([float(r["schema_valid"]) for r in generated]) if generated else 1.0,
@@ -122,14 +123,10 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "quote_validity": round(sum(r["raw_valid_citations"] for r in generated) / raw_citations, 4) if raw_citations else None,
         "repaired_share": _mean([float(r["repaired"]) for r in generated]),
         "acl_leaks": sum(bool(r["leaks"]) for r in rows),
-        "refusal_precision": round(sum(r["expected_status"] == "refused" for r in predicted_refused) / len(predicted_refused), 4)
-        if predicted_refused else None,
-        "refusal_recall": round(sum(r["status"] == "refused" for r in expected_refused) / len(expected_refused), 4)
-        if expected_refused else None,
-        "escalation_precision": round(sum(r["expected_status"] == "escalate" for r in predicted_escalate) / len(predicted_escalate), 4)
-        if predicted_escalate else None,
-        "escalation_recall": round(sum(r["status"] == "escalate" for r in expected_escalate) / len(expected_escalate), 4)
-        if expected_escalate else None,
+        "refusal_precision": refusal.precision,
+        "refusal_recall": refusal.recall,
+        "escalation_precision": escalation.precision,
+        "escalation_recall": escalation.recall,
         "answered_with_source": _answered_with_source(answerable),
         "retrieval_recall_at_k": _mean([r["retrieval"]["recall_at_k"] for r in with_sources]),
         "retrieval_mrr": _mean([r["retrieval"]["mrr"] for r in with_sources]),

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from core.gguf import dequantize_gguf
+from core.status_metrics import status_precision_recall
 from tuning.batching import IGNORE, Example
 from tuning.config import TrainConfig
 from tuning.status import STATUSES, fit_decider, status_logprobs, top_by_text
@@ -65,17 +67,11 @@ def gold_metrics(decided: Sequence[str], gold: Sequence[dict[str, Any]]) -> dict
     """Status accuracy (all items and the original ones, without `forms`) and per-status
     precision/recall, as `eval` reports them."""
     expected = [g["expected"] for g in gold]
-
-    def pr(status: str) -> list[float | None]:
-        hit = sum(d == e == status for d, e in zip(decided, expected))
-        said, real = decided.count(status), expected.count(status)
-        return [round(hit / said, 4) if said else None, round(hit / real, 4) if real else None]
-
     original = [i for i, g in enumerate(gold) if not g.get("forms")]
     return {
         "status_accuracy": round(sum(d == e for d, e in zip(decided, expected)) / max(1, len(gold)), 4),
         "original_status_accuracy": round(sum(decided[i] == expected[i] for i in original) / max(1, len(original)), 4),
-        **{f"{s}_precision_recall": pr(s) for s in STATUSES},
+        **{f"{s}_precision_recall": list(status_precision_recall(expected, decided, s)) for s in STATUSES},
     }
 
 
@@ -189,16 +185,9 @@ class Curve:
 
 
 def base_from_gguf(gguf: Path, target: Path) -> Path:
-    """The plain fp32 model dequantized from the GGUF (core.provision's recipe, without settings)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict(), strict=False)
-    plain.save_pretrained(target, safe_serialization=True)
+    """The plain fp32 model dequantized from the GGUF (core.gguf, which core.provision uses too).
+    A lost weight changes the weights digest, which main() checks before training."""
+    dequantize_gguf(gguf).model.save_pretrained(target, safe_serialization=True)
     return target
 
 

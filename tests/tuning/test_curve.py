@@ -107,3 +107,29 @@ def test_import_refuses_an_adapter_trained_with_another_prompt(bundle, base_mode
         "base_model": base_model_identity(tuning_settings)[1].as_dict(), "prompt_fingerprint": "another"}))
     with pytest.raises(ConfigError, match="another prompt"):
         import_trained(tuning_settings, folder)
+
+
+def test_gold_metrics_give_accuracy_and_per_status_precision_recall_as_eval_reports_them():
+    from tuning.curve import gold_metrics
+
+    gold = [{"expected": e, "forms": f} for e, f in [("refused", []), ("refused", ["typo"]), ("answered", []),
+                                                       ("answered", []), ("escalate", ["terse"])]]
+    decided = ["refused", "answered", "answered", "refused", "answered"]
+    assert gold_metrics(decided, gold) == {
+        "status_accuracy": 0.4, "original_status_accuracy": 0.6667,
+        "answered_precision_recall": [0.3333, 0.5], "refused_precision_recall": [0.5, 0.5],
+        "escalate_precision_recall": [None, 0.0],  # never decided
+    }
+
+
+@pytest.mark.slow
+def test_a_base_dequantized_from_the_gguf_has_the_provisioned_weights_digest(base_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from core.provision import base_model_gguf
+    from core.settings import Settings
+    from tuning.curve import base_from_gguf, weights_digest
+
+    folder = base_from_gguf(base_model_gguf(Settings()), tmp_path / "base")
+    assert weights_digest(load_file(str(folder / "model.safetensors"))) == \
+        weights_digest(load_file(str(base_model_dir / "model.safetensors")))
