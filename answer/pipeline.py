@@ -47,11 +47,11 @@ from retrieval.retriever import Passage, Retriever
 from tuning.registry import AdapterManifest, AdapterRegistry, RegistryError
 from tuning.status import (
     DECIDER_FILE,
+    FEATURES,
     StatusDecider,
     SupportScorer,
     status_logprobs,
 )
-from tuning.support import SUPPORT_DIR, SupportModel
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class AnswerPipeline:
         self.audit = audit or AuditLog.from_settings(settings)
         self.base_model = base_model  # None: adapters are not checked against the served model (tests)
         self._verified: dict[str, AdapterRef] = {}
-        self._deciders: dict[str, tuple[StatusDecider, SupportModel | None] | None] = {}
+        self._deciders: dict[str, StatusDecider | None] = {}
         self.support = SupportScorer(retriever.embedder)
         self._retrieval_lock = threading.Lock()
         self.fingerprint = prompt_fingerprint()
@@ -192,31 +192,28 @@ class AnswerPipeline:
             ref = self._verified[version] = AdapterRef(version, record.path, dict(record.manifest.files))
         return ref
 
-    def _load_decider(self, version: str, path, manifest: AdapterManifest) -> tuple[StatusDecider, SupportModel | None] | None:
-        """The adapter's status decider when it was registered with one, and the support model it
-        reads (`registry.load` has checked their hashes with the adapter's other files)."""
+    def _load_decider(self, version: str, path, manifest: AdapterManifest) -> StatusDecider | None:
+        """The adapter's status decider when it was registered with one (`registry.load` has
+        checked its hash with the adapter's other files)."""
         if DECIDER_FILE not in manifest.files:
             return None
         try:
-            decider = StatusDecider.load(path)
-            support = SupportModel(path / SUPPORT_DIR) if decider is not None and decider.uses_support else None
+            return StatusDecider.load(path)
         except (OSError, ValueError, KeyError) as exc:
             raise AdapterUnavailable(f"the status decider of adapter {version} cannot be used: {exc}") from None
-        return None if decider is None else (decider, support)
 
     def _decide_status(self, query: str, passages: Sequence[Passage], messages, adapter: AdapterRef | None):
         """The status chosen before generation (tuning/status.py), or None: no adapter, an
         adapter without a decider, or the decider switched off."""
-        loaded = self._deciders.get(adapter.version) if adapter is not None else None
-        if loaded is None or not self.settings.status_decider:
+        decider = self._deciders.get(adapter.version) if adapter is not None else None
+        if decider is None or not self.settings.status_decider:
             return None, None
-        decider, support_model = loaded
-        with self._retrieval_lock:  # the embedder (and the support model) is used one call at a time
-            support = self.support.features(query, passages, support_model)
+        with self._retrieval_lock:  # the embedder is used one call at a time
+            support = self.support.features(query, passages)
         features = status_logprobs(self.backend.status_top_logprobs(messages, adapter)) + support
         status = decider.decide(features)
         return status, {"status": status, "scores": {k: round(v, 4) for k, v in decider.scores(features).items()},
-                        "features": dict(zip(decider.features, (round(f, 4) for f in features)))}
+                        "features": dict(zip(FEATURES, (round(f, 4) for f in features)))}
 
     def _check_compatible(self, version: str, manifest: AdapterManifest) -> None:
         problem = manifest.incompatibility(self.base_model, self.fingerprint)

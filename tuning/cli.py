@@ -139,19 +139,13 @@ def compare(
 def calibrate(
     version: str,
     items: Annotated[int, typer.Option(min=3, help="held-out pairs to fit on (spread over statuses)")] = 240,
-    support: Annotated[str, typer.Option(help="the support model: keep VERSION's (none if it has none), "
-                                              "train a new one, or none")] = "keep",
-    support_from: Annotated[Path | None, typer.Option(help="with --support train: take this support model "
-                                                            "(trained on the same dataset) instead")] = None,
-    support_epochs: Annotated[float, typer.Option(min=0.1, help="with --support train")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit a status decider for adapter VERSION and register both as a new version."""
     from tuning.train import calibrate_registered
 
     with err_console.status(f"fitting a status decider for {version}") as status:
-        record = calibrate_registered(get_settings(), version, items=items, support=support,
-                                      support_from=support_from, support_epochs=support_epochs,
+        record = calibrate_registered(get_settings(), version, items=items,
                                       on_stage=lambda stage: status.update(stage))
     _print_record(record, as_json)
 
@@ -272,10 +266,6 @@ def _print_record(record, as_json: bool) -> None:
         recall = ", ".join(f"{k} {v:.0%}" for k, v in decider["cv_recall"].items())
         console.print(f"status decider on {decider['pairs']} held-out pairs: cross-validated accuracy "
                       f"{decider['cv_accuracy']:.0%} (the model's own arg-max {decider['cv_argmax_accuracy']:.0%}); recall {recall}")
-    support = m.metrics.get("support_model")
-    if support:
-        console.print(f"support model: {support['examples']} sentences ({support['positives']} cited), "
-                      f"{support['epochs']} epoch(s), {support.get('wall_s', '?')} s")
     compare = m.metrics.get("compare") or {}
     if compare:
         _print_compare(compare)

@@ -140,9 +140,7 @@ class AdapterRegistry:
     def register(self, staged: Path, manifest: dict[str, Any]) -> AdapterRecord:
         """Hash the staged files, write the manifest (`manifest`'s fields plus version, date and
         file hashes; an `AdapterManifest`), move the folder in as the next version."""
-        # Files in sub-folders (the support model) are hashed too, named by their relative path.
-        files = {p.relative_to(staged).as_posix(): sha256_file(p) for p in sorted(staged.rglob("*"))
-                 if p.is_file() and p.name != MANIFEST}
+        files = {p.name: sha256_file(p) for p in sorted(staged.iterdir()) if p.is_file() and p.name != MANIFEST}
         if "adapter_config.json" not in files:
             raise RegistryError(f"{staged} holds no adapter (adapter_config.json missing); nothing registered")
         with self._lock():

@@ -4,11 +4,9 @@ answer is generated, from two kinds of evidence:
 - the tuned model's own probabilities for the three statuses, read at the position where its
   answer writes the status (`{"status": "` then the value), from its 20 most likely tokens;
 - how close the passages are to the question: the best cosine between the question and any one
-  sentence, and between the question and any one passage (the retrieval embedder's vectors);
-- optionally, how well the best single sentence answers the question, by the support model
-  trained with the adapter (tuning/support.py): a sixth number.
+  sentence, and between the question and any one passage (the retrieval embedder's vectors).
 
-A multinomial logistic regression (scikit-learn) over those numbers is fitted on the
+A multinomial logistic regression (scikit-learn) over those five numbers is fitted on the
 dataset's held-out pairs (held out by seed, never the eval sets) right after training, and saved
 in the adapter's folder (`status-decider.json`, hashed with its other files). The generation is
 then constrained to the decided status (`core.references.wire_json_schema(status=...)`).
@@ -36,8 +34,6 @@ STATUS_PREFIX = '{"status": "'  # how every wire answer begins (core.references.
 TOP_LOGPROBS = 20  # vLLM's default ceiling for top_logprobs
 DECIDER_FILE = "status-decider.json"
 FEATURES = ("lp_answered", "lp_refused", "lp_escalate", "max_sentence_cosine", "max_passage_cosine")
-SUPPORT_FEATURE = "max_sentence_support"  # the support model's best sentence (tuning/support.py)
-FEATURE_SETS = (FEATURES, (*FEATURES, SUPPORT_FEATURE))  # what a decider may be fitted on
 
 
 def top_by_text(tokens: Iterable[tuple[str, float]]) -> dict[str, float]:
@@ -88,37 +84,27 @@ class SupportScorer:
             self._cache.popitem(last=False)
         return out
 
-    def features(self, question: str, passages: Sequence[PromptPassage], support=None) -> list[float]:
-        """[best question-sentence cosine, best question-passage cosine]; 0 without passages;
-        then, given a support model (tuning/support.py), its best sentence's score."""
-        extra = [support.best(question, passages)] if support is not None else []
+    def features(self, question: str, passages: Sequence[PromptPassage]) -> list[float]:
+        """[best question-sentence cosine, best question-passage cosine]; 0 without passages."""
         sentences = [s.text for s in number_sentences(passages)]
         if not sentences:
-            return [0.0, 0.0, *extra]
+            return [0.0, 0.0]
         (q,) = self._vectors([question])
         best_sentence = float((self._vectors(sentences) @ q).max())
         best_passage = float((self._vectors([p.text for p in passages]) @ q).max())
-        return [best_sentence, best_passage, *extra]
+        return [best_sentence, best_passage]
 
 
 @dataclass(frozen=True)
 class StatusDecider:
-    """A fitted multinomial logistic regression over `features` (one of FEATURE_SETS); `decide`
-    is its arg-max."""
+    """A fitted multinomial logistic regression over FEATURES; `decide` is its arg-max."""
 
     coef: tuple[tuple[float, ...], ...]  # one row per status in STATUSES
     intercept: tuple[float, ...]
     fitted_on: dict[str, Any] = field(default_factory=dict)
-    features: tuple[str, ...] = FEATURES
-
-    @property
-    def uses_support(self) -> bool:
-        return SUPPORT_FEATURE in self.features
 
     def scores(self, features: Sequence[float]) -> dict[str, float]:
         """The probability of each status."""
-        if len(features) != len(self.features):
-            raise ValueError(f"{len(features)} features given to a decider over {len(self.features)} ({list(self.features)})")
         logits = [b + sum(w * x for w, x in zip(row, features)) for row, b in zip(self.coef, self.intercept)]
         norm = _logsumexp(logits)
         return {s: math.exp(v - norm) for s, v in zip(STATUSES, logits)}
@@ -128,20 +114,19 @@ class StatusDecider:
         return max(STATUSES, key=scores.__getitem__)
 
     def to_json(self) -> dict[str, Any]:
-        return {"statuses": list(STATUSES), "features": list(self.features), "coef": [list(r) for r in self.coef],
+        return {"statuses": list(STATUSES), "features": list(FEATURES), "coef": [list(r) for r in self.coef],
                 "intercept": list(self.intercept), "fitted_on": self.fitted_on}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StatusDecider:
-        features = tuple(data.get("features", ()))
-        if tuple(data.get("statuses", ())) != STATUSES or features not in FEATURE_SETS:
+        if tuple(data.get("statuses", ())) != STATUSES or tuple(data.get("features", ())) != FEATURES:
             raise ValueError(f"a status decider for statuses {data.get('statuses')} and features "
-                             f"{data.get('features')}, not {list(STATUSES)} / one of {[list(f) for f in FEATURE_SETS]}; "
-                             "refit it (policyrag tune calibrate)")
+                             f"{data.get('features')}, not {list(STATUSES)} / {list(FEATURES)}; refit it "
+                             "(policyrag tune calibrate)")
         coef = tuple(tuple(float(w) for w in row) for row in data["coef"])
-        if len(coef) != len(STATUSES) or any(len(row) != len(features) for row in coef):
+        if len(coef) != len(STATUSES) or any(len(row) != len(FEATURES) for row in coef):
             raise ValueError("a status decider whose coefficients do not match its features; refit it")
-        return cls(coef, tuple(float(b) for b in data["intercept"]), dict(data.get("fitted_on", {})), features)
+        return cls(coef, tuple(float(b) for b in data["intercept"]), dict(data.get("fitted_on", {})))
 
     @classmethod
     def load(cls, folder: Path) -> StatusDecider | None:
@@ -157,8 +142,7 @@ class StatusDecider:
         return path
 
 
-def fit_decider(rows: Sequence[tuple[Sequence[float], str]], *, seed: int = 0,
-                features: tuple[str, ...] = FEATURES) -> StatusDecider:
+def fit_decider(rows: Sequence[tuple[Sequence[float], str]], *, seed: int = 0) -> StatusDecider:
     """Fit on (features, expected status) rows; `fitted_on` records the counts and the 5-fold
     cross-validated accuracy and per-status recall (what to expect on unseen questions)."""
     import numpy as np
@@ -182,9 +166,7 @@ def fit_decider(rows: Sequence[tuple[Sequence[float], str]], *, seed: int = 0,
                                   for i, s in enumerate(STATUSES) if counts[s]}
         fitted_on["cv_argmax_accuracy"] = round(float((x[:, :3].argmax(1) == y).mean()), 4)
     model.fit(x, y)
-    if x.shape[1] != len(features):
-        raise ValueError(f"rows of {x.shape[1]} features, not the {len(features)} of {list(features)}")
-    coef = np.zeros((len(STATUSES), len(features)))
+    coef = np.zeros((len(STATUSES), len(FEATURES)))
     intercept = np.full(len(STATUSES), -30.0)  # a status never seen held out is never chosen
     if len(present) == 2:  # sklearn fits one row for two classes: class 1 against class 0
         coef[present[1]], intercept[present[1]] = model.coef_[0], model.intercept_[0]
@@ -192,7 +174,7 @@ def fit_decider(rows: Sequence[tuple[Sequence[float], str]], *, seed: int = 0,
     else:
         for row, cls in enumerate(model.classes_):
             coef[cls], intercept[cls] = model.coef_[row], model.intercept_[row]
-    return StatusDecider(tuple(tuple(r) for r in coef.tolist()), tuple(intercept.tolist()), fitted_on, features)
+    return StatusDecider(tuple(tuple(r) for r in coef.tolist()), tuple(intercept.tolist()), fitted_on)
 
 
 def pick_fit_pairs(pairs: Sequence, limit: int, *, seed: int = 0) -> list:
@@ -222,10 +204,9 @@ def model_top_logprobs(model, tokenizer, messages: Sequence[Mapping[str, str]], 
     return top_by_text((tokenizer.decode([i]), v) for v, i in zip(values.tolist(), indices.tolist()))
 
 
-def fit_for_model(model, tokenizer, pairs: Sequence, scorer: SupportScorer, *, limit: int, support=None,
+def fit_for_model(model, tokenizer, pairs: Sequence, scorer: SupportScorer, *, limit: int,
                   on_progress=lambda done, total: None) -> StatusDecider:
-    """Features of up to `limit` held-out pairs under `model` (and the support model, if given),
-    then `fit_decider`."""
+    """Features of up to `limit` held-out pairs under `model`, then `fit_decider`."""
     from core.prompt import build_messages
 
     chosen = pick_fit_pairs(pairs, limit)
@@ -233,6 +214,6 @@ def fit_for_model(model, tokenizer, pairs: Sequence, scorer: SupportScorer, *, l
     model.eval()
     for n, pair in enumerate(chosen, 1):
         lp = status_logprobs(model_top_logprobs(model, tokenizer, build_messages(pair.instruction, pair.context)))
-        rows.append((lp + scorer.features(pair.instruction, pair.context, support), pair.status))
+        rows.append((lp + scorer.features(pair.instruction, pair.context), pair.status))
         on_progress(n, len(chosen))
-    return fit_decider(rows, features=FEATURE_SETS[support is not None])
+    return fit_decider(rows)

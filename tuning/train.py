@@ -63,9 +63,13 @@ def train_adapter(
         result, best = train_loop(model, train, heldout, config, pad_id=pad_id, on_step=on_step)
         set_peft_model_state_dict(model, best)
         model.save_pretrained(staged)
-        decider, support = status_evidence(settings, model, tokenizer, pairs, staged, dataset_hash,
-                                           limit=config.status_fit_items, support_epochs=config.support_epochs,
-                                           support_negatives=config.support_negatives, on_stage=on_stage)
+        decider = None
+        if config.status_fit_items:
+            fit_pairs = [p for p in pairs if p.split == "heldout"]
+            on_stage(f"fitting the status decider on {min(len(fit_pairs), config.status_fit_items)} held-out pairs")
+            decider = fit_status_decider(settings, model, tokenizer, fit_pairs, config.status_fit_items)
+            if decider is not None:
+                decider.save(staged)
 
         compare = {}
         if config.compare_items:
@@ -73,19 +77,29 @@ def train_adapter(
             on_stage(f"comparing base and adapter on {len(items)} held-out items")
             compare = compare_with_base(model, tokenizer, items, max_new_tokens=config.compare_max_new_tokens,
                                         mergeable=not quantized)
-        training = {
-            "steps": result.steps, "tokens": result.tokens, "wall_s": round(result.wall_s, 1),
-            "tokens_per_s": round(result.tokens_per_s, 1), "train_loss": round(result.train_loss, 4),
-            "eval_loss": None if result.eval_loss is None else round(result.eval_loss, 4),
-            "best_step": result.best_step, "stopped": result.stopped,
-            "eval_history": result.eval_history, "train_pairs": len(train),
-            "heldout_pairs": len(heldout), "skipped_too_long": len(too_long),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        manifest = {
+            "base_model": base.as_dict(),
+            "method": "qlora" if quantized else "lora",
+            "dataset_hash": dataset_hash,
+            "prompt_fingerprint": prompt_fingerprint(),
+            "dataset_path": str(folder),
+            "eval_set_hash": sha256_file(settings.gold_set_file) if settings.gold_set_file.exists() else None,
+            "config": config.to_json(),
+            "metrics": {
+                "training": {
+                    "steps": result.steps, "tokens": result.tokens, "wall_s": round(result.wall_s, 1),
+                    "tokens_per_s": round(result.tokens_per_s, 1), "train_loss": round(result.train_loss, 4),
+                    "eval_loss": None if result.eval_loss is None else round(result.eval_loss, 4),
+                    "best_step": result.best_step, "stopped": result.stopped,
+                    "eval_history": result.eval_history, "train_pairs": len(train),
+                    "heldout_pairs": len(heldout), "skipped_too_long": len(too_long),
+                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                },
+                "compare": {k: v for k, v in compare.items() if k != "outputs"},
+                **({"status_decider": decider.fitted_on} if decider is not None else {}),
+            },
+            "versions": _library_versions(),
         }
-        manifest = _manifest(settings, base, dataset_hash, folder, "qlora" if quantized else "lora",
-                             config.to_json(), {"training": training,
-                                                "compare": {k: v for k, v in compare.items() if k != "outputs"}},
-                             decider, support)
         if compare:
             import json
 
@@ -93,51 +107,7 @@ def train_adapter(
         return registry.register(staged, manifest)
 
 
-def status_evidence(settings: Settings, model, tokenizer, pairs, staged: Path, dataset_hash: str, *, limit: int,
-                    support_epochs: float, support_negatives: int = 8, support_from: Path | None = None,
-                    on_stage: Callable[[str], None] = lambda stage: None):
-    """The support model (trained on the train split into staged/SUPPORT_DIR, or copied from
-    `support_from` when it was trained on the same dataset) and the status decider fitted on the
-    held-out pairs, saved in `staged`; (decider or None, support record or None). No decider
-    when `limit` is 0 or the held-out pairs cannot fit one (logged, never fatal to training)."""
-    import shutil
-
-    from core.provision import embedding_model_path
-    from tuning.support import (
-        SUPPORT_DIR,
-        SupportModel,
-        build_support_model,
-        read_support_info,
-    )
-
-    if not limit:
-        return None, None
-    support, info = None, None
-    if support_from is not None:
-        info = read_support_info(support_from)
-        if info.get("dataset_hash") != dataset_hash:
-            raise ConfigError(f"the support model {support_from} was trained on dataset "
-                              f"{str(info.get('dataset_hash'))[:12]}, not {dataset_hash[:12]}; train one with it")
-        shutil.copytree(support_from, staged / SUPPORT_DIR)
-    elif support_epochs:
-        on_stage(f"training the support model ({support_epochs} epoch(s) over the train split's sentences)")
-        try:
-            info = build_support_model(embedding_model_path(settings), pairs, staged / SUPPORT_DIR,
-                                       dataset_hash=dataset_hash, epochs=support_epochs, negatives=support_negatives)
-        except ValueError as exc:  # a tiny dataset: no cited sentence to learn from
-            logger.warning("no support model: %s", exc)
-            shutil.rmtree(staged / SUPPORT_DIR, ignore_errors=True)
-    if info is not None:
-        support = SupportModel(staged / SUPPORT_DIR)
-    heldout = [p for p in pairs if p.split == "heldout"]
-    on_stage(f"fitting the status decider on {min(len(heldout), limit)} held-out pairs")
-    decider = fit_status_decider(settings, model, tokenizer, heldout, limit, support=support)
-    if decider is not None:
-        decider.save(staged)
-    return decider, info
-
-
-def fit_status_decider(settings: Settings, model, tokenizer, heldout_pairs, limit: int, *, support=None):
+def fit_status_decider(settings: Settings, model, tokenizer, heldout_pairs, limit: int):
     """The status decider for `model` (tuning/status.py), or None when the held-out pairs cannot
     fit one (fewer than two statuses: a tiny dataset); logged, never fatal to training."""
     from core.provision import embedding_model_path
@@ -146,61 +116,37 @@ def fit_status_decider(settings: Settings, model, tokenizer, heldout_pairs, limi
 
     scorer = SupportScorer(DenseEmbedder(embedding_model_path(settings), dtype=settings.embedding_dtype))
     try:
-        return fit_for_model(model, tokenizer, heldout_pairs, scorer, limit=limit, support=support)
+        return fit_for_model(model, tokenizer, heldout_pairs, scorer, limit=limit)
     except ValueError as exc:
         logger.warning("no status decider: %s", exc)
         return None
 
 
-def _manifest(settings: Settings, base, dataset_hash: str, dataset_dir: Path, method: str, config: dict,
-              metrics: dict, decider, support: dict | None) -> dict:
-    """An adapter's manifest fields (the registry adds version, date and file hashes)."""
-    extra = {**({"status_decider": decider.fitted_on} if decider is not None else {}),
-             **({"support_model": support} if support is not None else {})}
-    return {
-        "base_model": base.as_dict(), "method": method, "dataset_hash": dataset_hash,
-        "prompt_fingerprint": prompt_fingerprint(), "dataset_path": str(dataset_dir),
-        "eval_set_hash": sha256_file(settings.gold_set_file) if settings.gold_set_file.exists() else None,
-        "config": config, "metrics": {**metrics, **extra}, "versions": _library_versions(),
-    }
-
-
-def calibrate_registered(settings: Settings, version: str, *, items: int, support: str = "keep",
-                         support_from: Path | None = None, support_epochs: float = 1.0,
+def calibrate_registered(settings: Settings, version: str, *, items: int,
                          registry: AdapterRegistry | None = None,
                          on_stage: Callable[[str], None] = lambda stage: None) -> AdapterRecord:
     """Fit a status decider for a registered adapter and register the pair as a new version (the
-    same weights, its manifest noting `calibrated_from`); versions are never changed in place.
-    `support`: "keep" the adapter's support model (none if it has none), "train" a new one (or
-    take `support_from`), or "none"."""
+    same weights, its manifest noting `calibrated_from`); versions are never changed in place."""
     import shutil
 
     from tuning.registry import MANIFEST
     from tuning.status import DECIDER_FILE
-    from tuning.support import SUPPORT_DIR
 
-    if support not in ("keep", "train", "none"):
-        raise ConfigError(f"support must be keep, train or none, not {support!r}")
     registry = registry or AdapterRegistry(settings.adapters_dir)
     on_stage(f"loading {version}")
     record, pairs, tokenizer, model = _load_registered(settings, registry, version)
-    if support == "keep" and (record.path / SUPPORT_DIR).is_dir():
-        support_from = record.path / SUPPORT_DIR
+    on_stage(f"fitting the status decider on up to {items} held-out pairs")
+    decider = fit_status_decider(settings, model, tokenizer, [p for p in pairs if p.split == "heldout"], items)
+    if decider is None:
+        raise ConfigError(f"the held-out pairs of {version}'s dataset cannot fit a status decider (see the log)")
     with registry.staging() as staged:
         for path in record.path.iterdir():
             if path.is_file() and path.name not in (MANIFEST, DECIDER_FILE):
                 shutil.copy2(path, staged / path.name)
-        decider, info = status_evidence(settings, model, tokenizer, pairs, staged, record.manifest.dataset_hash,
-                                        limit=items, support_epochs=support_epochs if support == "train" else 0,
-                                        support_from=support_from if support != "none" else None,
-                                        on_stage=on_stage)
-        if decider is None:
-            raise ConfigError(f"the held-out pairs of {version}'s dataset cannot fit a status decider (see the log)")
+        decider.save(staged)
         manifest = {k: v for k, v in record.manifest.to_json().items() if k not in ("version", "created_at", "files")}
         manifest["calibrated_from"] = version
-        metrics = {k: v for k, v in manifest["metrics"].items() if k not in ("status_decider", "support_model")}
-        manifest["metrics"] = {**metrics, "status_decider": decider.fitted_on,
-                               **({"support_model": info} if info is not None else {})}
+        manifest["metrics"] = {**manifest["metrics"], "status_decider": decider.fitted_on}
         return registry.register(staged, manifest)
 
 
@@ -233,17 +179,23 @@ def import_trained(settings: Settings, folder: Path, *, items: int = 240, regist
     on_stage(f"loading {folder.name} on {base.name}")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), folder)
+    on_stage(f"fitting the status decider on up to {items} held-out pairs")
+    decider = fit_status_decider(settings, model, tokenizer, [p for p in pairs if p.split == "heldout"], items)
     with registry.staging() as staged:
         model.save_pretrained(staged)
+        if decider is not None:
+            decider.save(staged)
         config = info.get("config", {})
-        decider, support = status_evidence(settings, model, tokenizer, pairs, staged, dataset_hash, limit=items,
-                                           support_epochs=float(config.get("support_epochs", 1.0)),
-                                           support_negatives=int(config.get("support_negatives", 8)),
-                                           on_stage=on_stage)
-        training = {"step": info.get("step"), "eval_loss": info.get("heldout_loss"),
-                    "eval_history": info.get("eval_history", []), "trained_with": info.get("versions", {})}
-        manifest = _manifest(settings, base, dataset_hash, dataset_dir, config.get("method", "lora"), config,
-                             {"training": training}, decider, support)
+        manifest = {
+            "base_model": base.as_dict(), "method": config.get("method", "lora"), "dataset_hash": dataset_hash,
+            "prompt_fingerprint": prompt_fingerprint(), "dataset_path": str(dataset_dir),
+            "eval_set_hash": sha256_file(settings.gold_set_file) if settings.gold_set_file.exists() else None,
+            "config": config,
+            "metrics": {"training": {"step": info.get("step"), "eval_loss": info.get("heldout_loss"),
+                                     "eval_history": info.get("eval_history", []), "trained_with": info.get("versions", {})},
+                        **({"status_decider": decider.fitted_on} if decider is not None else {})},
+            "versions": _library_versions(),
+        }
         return registry.register(staged, manifest)
 
 

@@ -95,23 +95,18 @@ def register_copy(data: Path, source: str = "v1", **manifest) -> str:
         return registry.register(staged, {"base_model": registry.load(source).manifest.base_model.model_dump(), **manifest}).version
 
 
-def register_with_decider(data: Path, status: str, source: str = "v1", support: Path | None = None) -> str:
+def register_with_decider(data: Path, status: str, source: str = "v1") -> str:
     """Register `source`'s weights with a status decider that always decides `status` (its
-    intercepts say so, whatever the evidence); returns the new version. With `support` (a support
-    model folder) the decider reads the support feature too, and the model is registered with it."""
+    intercepts say so, whatever the evidence); returns the new version."""
     from tuning.registry import AdapterRegistry
-    from tuning.status import FEATURE_SETS, STATUSES, StatusDecider
-    from tuning.support import SUPPORT_DIR
+    from tuning.status import FEATURES, STATUSES, StatusDecider
 
     registry = AdapterRegistry(data / "adapters")
-    features = FEATURE_SETS[support is not None]
-    decider = StatusDecider(tuple((0.0,) * len(features) for _ in STATUSES),
-                            tuple(20.0 if s == status else 0.0 for s in STATUSES), {"pairs": 0}, features)
+    decider = StatusDecider(tuple((0.0,) * len(FEATURES) for _ in STATUSES),
+                            tuple(20.0 if s == status else 0.0 for s in STATUSES), {"pairs": 0})
     with registry.staging() as staged:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(data / "adapters" / source / name, staged / name)
-        if support is not None:
-            shutil.copytree(support, staged / SUPPORT_DIR)
         decider.save(staged)
         record = registry.load(source)
         return registry.register(staged, {"base_model": record.manifest.base_model.model_dump(),

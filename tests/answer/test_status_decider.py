@@ -93,31 +93,3 @@ def test_the_local_backend_lists_the_status_tokens(decider_data, local_backend, 
         lp = dict(zip(STATUSES, status_logprobs(top)))
         # the tiny adapter was trained to answer this question: "answered" is its likeliest start
         assert max(top, key=top.get) == "answered" and lp["answered"] > -0.5, top
-
-
-def test_a_decider_over_the_support_feature_reads_the_adapters_support_model(decider_data, local_backend, embedder, tmp_path):
-    """The support model travels in the adapter's folder: the pipeline scores the passages with
-    it (the same number the model gives on its own), and a support model edited after
-    registration makes the adapter unusable."""
-    from sentence_transformers.cross_encoder import CrossEncoder
-
-    from core.provision import embedding_model_path
-    from tuning.status import SUPPORT_FEATURE
-    from tuning.support import SUPPORT_DIR, SupportModel
-
-    data, _ = decider_data
-    data = copy_data(data, tmp_path / "data")
-    support = tmp_path / "support"  # an untrained head: the wiring, not the quality, is tested here
-    CrossEncoder(str(embedding_model_path(Settings())), num_labels=1, device="cpu").save_pretrained(str(support))
-    version = register_with_decider(data, "refused", support=support)
-    with _service(data, local_backend, embedder) as svc:
-        alice = svc.pipeline.retriever.principal("alice")
-        result = svc.pipeline.answer(alice, CARRY_OVER, adapter_version=version)
-        assert result.status == "refused" and list(result.status_decision["features"])[-1] == SUPPORT_FEATURE
-        expected = SupportModel(support).best(CARRY_OVER, result.passages)
-        assert result.status_decision["features"][SUPPORT_FEATURE] == pytest.approx(expected, abs=1e-3)
-    (data / "adapters" / version / SUPPORT_DIR / "config.json").write_text("{}")
-    with _service(data, local_backend, embedder) as svc:
-        alice = svc.pipeline.retriever.principal("alice")
-        with pytest.raises(AdapterUnavailable, match="support-model/config.json does not match"):
-            svc.pipeline.answer(alice, CARRY_OVER, adapter_version=version)

@@ -10,7 +10,6 @@ import pytest
 
 from tuning.status import (
     DECIDER_FILE,
-    FEATURE_SETS,
     FEATURES,
     STATUSES,
     StatusDecider,
@@ -87,12 +86,6 @@ def test_a_decider_round_trips_through_its_file_and_refuses_other_features(tmp_p
     data["coef"] = data["coef"][:2]
     with pytest.raises(ValueError, match="do not match"):
         StatusDecider.from_json(data)
-    # a decider over the support feature too: six coefficients a status, and six numbers to decide
-    six = fit_decider([([*x, x[3] * 4], s) for x, s in _rows()], features=FEATURE_SETS[1])
-    six.save(tmp_path)
-    assert StatusDecider.load(tmp_path) == six and six.uses_support and not decider.uses_support
-    with pytest.raises(ValueError, match="rows of 5 features"):
-        fit_decider(_rows(), features=FEATURE_SETS[1])
 
 
 def test_fit_pairs_spread_over_statuses():

@@ -118,22 +118,8 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
     from tuning.status import DECIDER_FILE, StatusDecider
 
     assert m.files[DECIDER_FILE] and m.metrics["status_decider"]["by_status"] == {"answered": 1, "refused": 1, "escalate": 0}
-    # ... over six features: the sixth is the support model's, trained on the train split's
-    # sentences (3 answered pairs: 3 cited sentences) and hashed with the adapter's files
-    from tuning.status import SUPPORT_FEATURE
-    from tuning.support import SUPPORT_DIR, SupportModel
-
-    decider = StatusDecider.load(record.path)
-    assert decider.features[-1] == SUPPORT_FEATURE and len(decider.features) == 6
-    assert decider.decide([-0.1, -3.0, -3.0, 0.8, 0.8, 2.0]) in ("answered", "refused")
-    with pytest.raises(ValueError, match="5 features"):
-        decider.decide([-0.1, -3.0, -3.0, 0.8, 0.8])
-    support_files = {k: v for k, v in m.files.items() if k.startswith(f"{SUPPORT_DIR}/")}
-    assert f"{SUPPORT_DIR}/model.safetensors" in support_files and f"{SUPPORT_DIR}/support.json" in support_files
-    assert m.metrics["support_model"]["positives"] == 3 and m.metrics["support_model"]["dataset_hash"] == m.dataset_hash
-    assert isinstance(SupportModel(record.path / SUPPORT_DIR).best("What is the meal allowance?", [MEAL]), float)
-    # `tune calibrate`: the same weights with a freshly fitted decider, as a new version; the
-    # support model is kept (same files), or left out on request
+    assert StatusDecider.load(record.path).decide([-0.1, -3.0, -3.0, 0.8, 0.8]) in ("answered", "refused")
+    # `tune calibrate`: the same weights with a freshly fitted decider, as a new version
     from tuning.train import calibrate_registered
 
     again = calibrate_registered(tuning_settings, "v1", items=2, registry=registry)
@@ -141,11 +127,6 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
     assert again.manifest.files["adapter_model.safetensors"] == m.files["adapter_model.safetensors"]
     assert again.manifest.files[DECIDER_FILE] and again.manifest.metrics["status_decider"]["pairs"] == 2
     assert again.manifest.prompt_fingerprint == m.prompt_fingerprint and registry.promoted_version() is None
-    assert {k: v for k, v in again.manifest.files.items() if k.startswith(f"{SUPPORT_DIR}/")} == support_files
-    assert StatusDecider.load(again.path).features == decider.features
-    plain = calibrate_registered(tuning_settings, "v1", items=2, support="none", registry=registry)
-    assert not any(k.startswith(f"{SUPPORT_DIR}/") for k in plain.manifest.files)
-    assert len(StatusDecider.load(plain.path).features) == 5 and "support_model" not in plain.manifest.metrics
 
     # merged export computes what base + adapter computes
     out = export_merged(record, tuning_settings.data_dir / "merged")
