@@ -105,6 +105,8 @@ class StatusDecider:
 
     def scores(self, features: Sequence[float]) -> dict[str, float]:
         """The probability of each status."""
+        if len(features) != len(FEATURES):  # zip would silently drop the missing ones
+            raise ValueError(f"{len(features)} features given to a decider over {len(FEATURES)} ({list(FEATURES)})")
         logits = [b + sum(w * x for w, x in zip(row, features)) for row, b in zip(self.coef, self.intercept)]
         norm = _logsumexp(logits)
         return {s: math.exp(v - norm) for s, v in zip(STATUSES, logits)}

@@ -77,29 +77,18 @@ def train_adapter(
             on_stage(f"comparing base and adapter on {len(items)} held-out items")
             compare = compare_with_base(model, tokenizer, items, max_new_tokens=config.compare_max_new_tokens,
                                         mergeable=not quantized)
-        manifest = {
-            "base_model": base.as_dict(),
-            "method": "qlora" if quantized else "lora",
-            "dataset_hash": dataset_hash,
-            "prompt_fingerprint": prompt_fingerprint(),
-            "dataset_path": str(folder),
-            "eval_set_hash": sha256_file(settings.gold_set_file) if settings.gold_set_file.exists() else None,
-            "config": config.to_json(),
-            "metrics": {
-                "training": {
-                    "steps": result.steps, "tokens": result.tokens, "wall_s": round(result.wall_s, 1),
-                    "tokens_per_s": round(result.tokens_per_s, 1), "train_loss": round(result.train_loss, 4),
-                    "eval_loss": None if result.eval_loss is None else round(result.eval_loss, 4),
-                    "best_step": result.best_step, "stopped": result.stopped,
-                    "eval_history": result.eval_history, "train_pairs": len(train),
-                    "heldout_pairs": len(heldout), "skipped_too_long": len(too_long),
-                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                },
-                "compare": {k: v for k, v in compare.items() if k != "outputs"},
-                **({"status_decider": decider.fitted_on} if decider is not None else {}),
-            },
-            "versions": _library_versions(),
+        training = {
+            "steps": result.steps, "tokens": result.tokens, "wall_s": round(result.wall_s, 1),
+            "tokens_per_s": round(result.tokens_per_s, 1), "train_loss": round(result.train_loss, 4),
+            "eval_loss": None if result.eval_loss is None else round(result.eval_loss, 4),
+            "best_step": result.best_step, "stopped": result.stopped,
+            "eval_history": result.eval_history, "train_pairs": len(train),
+            "heldout_pairs": len(heldout), "skipped_too_long": len(too_long),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
+        manifest = _manifest(settings, base, dataset_hash, folder, "qlora" if quantized else "lora", config.to_json(),
+                             {"training": training, "compare": {k: v for k, v in compare.items() if k != "outputs"}},
+                             decider)
         if compare:
             import json
 
@@ -120,6 +109,20 @@ def fit_status_decider(settings: Settings, model, tokenizer, heldout_pairs, limi
     except ValueError as exc:
         logger.warning("no status decider: %s", exc)
         return None
+
+
+def _manifest(settings: Settings, base, dataset_hash: str, dataset_dir: Path, method: str, config: dict,
+              metrics: dict, decider) -> dict:
+    """An adapter's manifest fields, for `tune train` and `tune import` alike (the registry adds
+    version, date and file hashes)."""
+    return {
+        "base_model": base.as_dict(), "method": method, "dataset_hash": dataset_hash,
+        "prompt_fingerprint": prompt_fingerprint(), "dataset_path": str(dataset_dir),
+        "eval_set_hash": sha256_file(settings.gold_set_file) if settings.gold_set_file.exists() else None,
+        "config": config,
+        "metrics": {**metrics, **({"status_decider": decider.fitted_on} if decider is not None else {})},
+        "versions": _library_versions(),
+    }
 
 
 def calibrate_registered(settings: Settings, version: str, *, items: int,
@@ -186,16 +189,10 @@ def import_trained(settings: Settings, folder: Path, *, items: int = 240, regist
         if decider is not None:
             decider.save(staged)
         config = info.get("config", {})
-        manifest = {
-            "base_model": base.as_dict(), "method": config.get("method", "lora"), "dataset_hash": dataset_hash,
-            "prompt_fingerprint": prompt_fingerprint(), "dataset_path": str(dataset_dir),
-            "eval_set_hash": sha256_file(settings.gold_set_file) if settings.gold_set_file.exists() else None,
-            "config": config,
-            "metrics": {"training": {"step": info.get("step"), "eval_loss": info.get("heldout_loss"),
-                                     "eval_history": info.get("eval_history", []), "trained_with": info.get("versions", {})},
-                        **({"status_decider": decider.fitted_on} if decider is not None else {})},
-            "versions": _library_versions(),
-        }
+        training = {"step": info.get("step"), "eval_loss": info.get("heldout_loss"),
+                    "eval_history": info.get("eval_history", []), "trained_with": info.get("versions", {})}
+        manifest = _manifest(settings, base, dataset_hash, dataset_dir, config.get("method", "lora"), config,
+                             {"training": training}, decider)
         return registry.register(staged, manifest)
 
 

@@ -15,7 +15,13 @@ from pydantic import SecretStr
 
 from core.settings import Settings
 from tests.answer.hardening import OPERATOR
-from tests.answer.helpers import CARRY_OVER, CARRY_OVER_CITATION, copy_data, free_port, register_with_decider
+from tests.answer.helpers import (
+    CARRY_OVER,
+    CARRY_OVER_CITATION,
+    copy_data,
+    free_port,
+    register_with_decider,
+)
 
 pytestmark = pytest.mark.slow
 ALICE = {"Authorization": "Bearer demo-alice-7Qm2"}

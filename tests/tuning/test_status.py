@@ -86,6 +86,8 @@ def test_a_decider_round_trips_through_its_file_and_refuses_other_features(tmp_p
     data["coef"] = data["coef"][:2]
     with pytest.raises(ValueError, match="do not match"):
         StatusDecider.from_json(data)
+    with pytest.raises(ValueError, match="4 features given"):
+        decider.decide(_rows()[0][0][:4])
 
 
 def test_fit_pairs_spread_over_statuses():
