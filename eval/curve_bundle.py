@@ -21,9 +21,10 @@ from tuning.status import STATUS_PREFIX, pick_fit_pairs
 
 
 def passages_of(item: dict[str, Any]) -> list[PromptPassage]:
-    """The prompt passages an eval item was answered from (its label is 'Title vN › section …')."""
-    return [PromptPassage(p["id"], p["label"].split(" › ")[0].rsplit(" v", 1)[0], tuple(p["section"]), p["text"])
-            for p in item["passages"]]
+    """The prompt passages an eval item was answered from. Runs recorded before the title was
+    (2026-11-30) have only the label, 'Title vN › section …', which gives it back."""
+    return [PromptPassage(p["id"], p.get("title") or p["label"].split(" › ")[0].rsplit(" v", 1)[0],
+                          tuple(p["section"]), p["text"]) for p in item["passages"]]
 
 
 def bundle_from_run(settings: Settings, run_id: str | None, out: Path, *, dataset: Path | None = None) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def response_text(result: AnswerResult) -> str:
 def score_item(item: GoldItem, result: AnswerResult, forbidden: list[str], k: int) -> dict[str, Any]:
     expected = item.expected
     sources = [s.model_dump() for s in expected.sources]
-    passages = [{"doc_id": p.doc_id, "section": list(p.section_path), "id": p.citation_id, "label": p.label,
+    passages = [{"doc_id": p.doc_id, "title": p.title, "section": list(p.section_path), "id": p.citation_id, "label": p.label,
                  "score": round(p.score, 6), "relevance": round(p.relevance or 0.0, 4), "text": p.text}
                 for p in result.passages]
     cited = [{"doc_id": c.doc_id, "section": list(c.section), "id": c.id, "quote": c.quote, "label": c.label}

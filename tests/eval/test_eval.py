@@ -312,6 +312,7 @@ def test_an_external_set_runs_through_the_pipeline_in_its_own_index(service, tmp
     assert run.set.name == "external:tinyset" and run.external["documents"] == 2
     q1 = next(r for r in rows if r["id"] == "q1")
     assert q1["passages"][0]["doc_id"] == "acme-com" and q1["retrieval"]["recall_at_k"] == 1.0
+    assert q1["passages"][0]["label"].startswith(q1["passages"][0]["title"] + " v")
     assert q1["ragas"]["context_recall"] == 1.0  # the evidence, scrubbed like the index, is retrieved
     assert (settings.data_dir / "eval" / "external" / "tinyset" / "index").is_dir()
     assert service.pipeline.retriever.store.count() == gold_points  # the gold index is untouched

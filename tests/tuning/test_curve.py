@@ -18,9 +18,21 @@ def eval_item(item_id, expected, *, called=True, status="answered"):
                 "max_sentence_cosine": 0.7, "max_passage_cosine": 0.6}
     return {"id": item_id, "forms": [], "expected_status": expected, "status": status,
             "query": "What is the daily meal allowance?",
-            "passages": [{"id": MEAL.citation_id, "label": "Expenses Policy v2 › 3.1 Meals",
+            "passages": [{"id": MEAL.citation_id, "title": MEAL.title, "label": "Expenses Policy v2 › 3.1 Meals",
                           "section": list(MEAL.section_path), "text": MEAL.text}] if called else [],
             "status_decision": {"features": features} if called else None}
+
+
+def test_passages_of_takes_the_recorded_title_and_reads_older_runs_labels():
+    from eval.curve_bundle import passages_of
+
+    row = eval_item("a", "answered")
+    assert [(p.citation_id, p.title, p.section_path, p.text) for p in passages_of(row)] == [
+        (MEAL.citation_id, "Expenses Policy", tuple(MEAL.section_path), MEAL.text)]
+    row["passages"][0]["title"] = "Expenses Policy v2 (UK)"  # a title with " v" in it is kept whole
+    assert passages_of(row)[0].title == "Expenses Policy v2 (UK)"
+    del row["passages"][0]["title"]  # a run recorded before titles were
+    assert passages_of(row)[0].title == "Expenses Policy"
 
 
 @pytest.fixture
