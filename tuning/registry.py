@@ -74,6 +74,7 @@ class AdapterManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="training curve and base-vs-adapter compare")
     versions: dict[str, str] = Field(default_factory=dict, description="library versions")
     calibrated_from: str | None = Field(None, description="the version whose weights these are, with a new status decider")
+    resumed_from: str | None = Field(None, description="the version whose weights this training started from")
     broken: bool = Field(False, description="listed, but its manifest is missing")
 
     def incompatibility(self, base_model: BaseModelIdentity | None, fingerprint: str) -> str | None:

@@ -37,7 +37,11 @@ def train_adapter(
     registry: AdapterRegistry | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
     on_step: Callable[[StepInfo], None] = lambda info: None,
+    resume_from: str | None = None,
 ) -> AdapterRecord:
+    """Train an adapter on `dataset` (default: the latest built) and register it. `resume_from`
+    ("vN") starts from that adapter's weights instead of a fresh LoRA: more passes over the same
+    dataset (its held-out split is the same, so nothing held out was trained on)."""
     from peft import set_peft_model_state_dict
     from transformers import AutoTokenizer
 
@@ -56,8 +60,13 @@ def train_adapter(
     if too_long:
         logger.warning("%d pairs longer than max_seq_len=%d skipped", len(too_long), config.max_seq_len)
 
-    on_stage(f"loading {base.name} with LoRA r={config.rank}")
+    previous = _resumable(registry, resume_from, dataset_hash, base, config) if resume_from else None
+    on_stage(f"loading {base.name} with LoRA r={config.rank}" + (f", from {resume_from}'s weights" if previous else ""))
     model, quantized = load_for_training(base_dir, config)
+    if previous is not None:
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(previous.path / "adapter_model.safetensors"))
     with registry.staging() as staged:
         on_stage(f"training on {len(train)} pairs ({len(heldout)} held out)")
         result, best = train_loop(model, train, heldout, config, pad_id=pad_id, on_step=on_step)
@@ -89,11 +98,28 @@ def train_adapter(
         manifest = _manifest(settings, base, dataset_hash, folder, "qlora" if quantized else "lora", config.to_json(),
                              {"training": training, "compare": {k: v for k, v in compare.items() if k != "outputs"}},
                              decider)
+        if previous is not None:
+            manifest["resumed_from"] = previous.version
         if compare:
             import json
 
             (staged / "compare-outputs.json").write_text(json.dumps(compare["outputs"], indent=1))
         return registry.register(staged, manifest)
+
+
+def _resumable(registry: AdapterRegistry, version: str, dataset_hash: str, base, config: TrainConfig) -> AdapterRecord:
+    """The registered adapter a training run may start from: same dataset (else its held-out
+    pairs may have been trained on), same base model, same LoRA shape."""
+    record = registry.load(version)
+    m = record.manifest
+    trained = {k: m.config.get(k) for k in ("rank", "alpha", "target_modules", "method")}
+    wanted = {"rank": config.rank, "alpha": config.alpha, "target_modules": config.target_modules, "method": config.method}
+    problem = (m.dataset_hash != dataset_hash and f"it was trained on dataset {m.dataset_hash[:12]}, not {dataset_hash[:12]}"
+               ) or base.mismatch(m.base_model.model_dump() if m.base_model else {}) or (
+               trained != wanted and f"its LoRA settings {trained} differ from this run's {wanted}")
+    if problem:
+        raise ConfigError(f"cannot resume from {version}: {problem}")
+    return record
 
 
 def fit_status_decider(settings: Settings, model, tokenizer, heldout_pairs, limit: int):

@@ -128,6 +128,27 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
     assert again.manifest.files[DECIDER_FILE] and again.manifest.metrics["status_decider"]["pairs"] == 2
     assert again.manifest.prompt_fingerprint == m.prompt_fingerprint and registry.promoted_version() is None
 
+    # `tune train --resume-from v1`: the run starts from v1's weights (one step at a negligible
+    # learning rate leaves them as they were; a fresh LoRA starts with B = 0), on the same dataset
+    # and LoRA shape only
+    from safetensors.torch import load_file
+
+    from core.errors import ConfigError
+
+    still = TrainConfig(max_steps=1, batch_size=2, eval_examples=0, compare_items=0, status_fit_items=0,
+                        learning_rate=1e-9, warmup_steps=0)
+    resumed = train_adapter(tuning_settings, still, dataset=folder, registry=registry, resume_from="v1")
+    assert resumed.manifest.resumed_from == "v1" and resumed.manifest.dataset_hash == m.dataset_hash
+    before, after = load_file(record.path / "adapter_model.safetensors"), load_file(resumed.path / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(t.abs().max() > 0 for k, t in before.items() if "lora_B" in k)
+    assert max((before[k] - after[k]).abs().max().item() for k in before) < 1e-5
+    with pytest.raises(ConfigError, match="cannot resume from v1: its LoRA settings"):
+        train_adapter(tuning_settings, TrainConfig(max_steps=1, batch_size=2, rank=8), dataset=folder,
+                      registry=registry, resume_from="v1")
+    other = write_dataset(pairs(6), DatasetReport(), tuning_settings.datasets_dir)
+    with pytest.raises(ConfigError, match="cannot resume from v1: it was trained on dataset"):
+        train_adapter(tuning_settings, still, dataset=other, registry=registry, resume_from="v1")
+
     # merged export computes what base + adapter computes
     out = export_merged(record, tuning_settings.data_dir / "merged")
     ids = torch.tensor([[1, 2, 3, 4, 5]])
