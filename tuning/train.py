@@ -109,13 +109,14 @@ def train_adapter(
 
 def _resumable(registry: AdapterRegistry, version: str, dataset_hash: str, base, config: TrainConfig) -> AdapterRecord:
     """The registered adapter a training run may start from: same dataset (else its held-out
-    pairs may have been trained on), same base model, same LoRA shape."""
+    pairs may have been trained on), same base model and prompt (the check serving makes), same
+    LoRA shape."""
     record = registry.load(version)
     m = record.manifest
     trained = {k: m.config.get(k) for k in ("rank", "alpha", "target_modules", "method")}
     wanted = {"rank": config.rank, "alpha": config.alpha, "target_modules": config.target_modules, "method": config.method}
     problem = (m.dataset_hash != dataset_hash and f"it was trained on dataset {m.dataset_hash[:12]}, not {dataset_hash[:12]}"
-               ) or base.mismatch(m.base_model.model_dump() if m.base_model else {}) or (
+               ) or m.incompatibility(base, prompt_fingerprint()) or (
                trained != wanted and f"its LoRA settings {trained} differ from this run's {wanted}")
     if problem:
         raise ConfigError(f"cannot resume from {version}: {problem}")

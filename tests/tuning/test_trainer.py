@@ -2,6 +2,7 @@
 short real training run that lands in the registry only when it finishes."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -148,6 +149,12 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
     other = write_dataset(pairs(6), DatasetReport(), tuning_settings.datasets_dir)
     with pytest.raises(ConfigError, match="cannot resume from v1: it was trained on dataset"):
         train_adapter(tuning_settings, still, dataset=other, registry=registry, resume_from="v1")
+    with registry.staging() as staged:  # v1's weights, registered as trained with another prompt
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(record.path / name, staged / name)
+        old_prompt = registry.register(staged, {**m.to_json(), "prompt_fingerprint": "0" * 16})
+    with pytest.raises(ConfigError, match=f"cannot resume from {old_prompt.version}: was trained with another prompt"):
+        train_adapter(tuning_settings, still, dataset=folder, registry=registry, resume_from=old_prompt.version)
 
     # merged export computes what base + adapter computes
     out = export_merged(record, tuning_settings.data_dir / "merged")
