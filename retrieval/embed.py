@@ -104,7 +104,6 @@ class DenseEmbedder:
         # normalize in fp32: bf16 rounding would leave vectors ~0.5% off unit length
         return torch.nn.functional.normalize(vectors.float(), dim=-1).tolist()
 
-
     def _openvino_encoder(self):
         with self._lock:
             if self._openvino is None:
