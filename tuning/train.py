@@ -41,7 +41,8 @@ def train_adapter(
 ) -> AdapterRecord:
     """Train an adapter on `dataset` (default: the latest built) and register it. `resume_from`
     ("vN") starts from that adapter's weights instead of a fresh LoRA: more passes over the same
-    dataset (its held-out split is the same, so nothing held out was trained on)."""
+    dataset, or over a grown one that keeps every shared seed in the split it had (so nothing held
+    out was ever trained on, and nothing held out now was trained on before)."""
     from peft import set_peft_model_state_dict
     from transformers import AutoTokenizer
 
@@ -60,7 +61,7 @@ def train_adapter(
     if too_long:
         logger.warning("%d pairs longer than max_seq_len=%d skipped", len(too_long), config.max_seq_len)
 
-    previous = _resumable(registry, resume_from, dataset_hash, base, config) if resume_from else None
+    previous = _resumable(settings, registry, resume_from, (pairs, dataset_hash), base, config) if resume_from else None
     on_stage(f"loading {base.name} with LoRA r={config.rank}" + (f", from {resume_from}'s weights" if previous else ""))
     model, quantized = load_for_training(base_dir, config)
     if previous is not None:
@@ -107,20 +108,41 @@ def train_adapter(
         return registry.register(staged, manifest)
 
 
-def _resumable(registry: AdapterRegistry, version: str, dataset_hash: str, base, config: TrainConfig) -> AdapterRecord:
-    """The registered adapter a training run may start from: same dataset (else its held-out
-    pairs may have been trained on), same base model and prompt (the check serving makes), same
-    LoRA shape."""
+def _resumable(settings: Settings, registry: AdapterRegistry, version: str, dataset: tuple[list, str], base,
+               config: TrainConfig) -> AdapterRecord:
+    """The registered adapter a training run may start from: same base model and prompt (the
+    check serving makes), same LoRA shape, and a dataset whose split agrees with the one it was
+    trained on (`_split_problem`)."""
     record = registry.load(version)
     m = record.manifest
     trained = {k: m.config.get(k) for k in ("rank", "alpha", "target_modules", "method")}
     wanted = {"rank": config.rank, "alpha": config.alpha, "target_modules": config.target_modules, "method": config.method}
-    problem = (m.dataset_hash != dataset_hash and f"it was trained on dataset {m.dataset_hash[:12]}, not {dataset_hash[:12]}"
-               ) or m.incompatibility(base, prompt_fingerprint()) or (
-               trained != wanted and f"its LoRA settings {trained} differ from this run's {wanted}")
+    problem = (_split_problem(settings.datasets_dir, m.dataset_hash, *dataset)
+               or m.incompatibility(base, prompt_fingerprint())
+               or (trained != wanted and f"its LoRA settings {trained} differ from this run's {wanted}"))
     if problem:
         raise ConfigError(f"cannot resume from {version}: {problem}")
     return record
+
+
+def _split_problem(datasets_dir: Path, trained_hash: str, pairs: list, dataset_hash: str) -> str | None:
+    """Why `pairs` may not continue a training run on dataset `trained_hash`, or None: a seed in
+    both datasets must sit in the same split (seeds are split by a hash of their id, so a grown
+    dataset built with the same held-out fraction agrees; another fraction does not)."""
+    if trained_hash == dataset_hash:
+        return None
+    try:
+        trained, _ = load_dataset(datasets_dir / trained_hash[:12])
+    except ConfigError:
+        return (f"it was trained on dataset {trained_hash[:12]}, which is not under {datasets_dir}, so the "
+                f"held-out split of {dataset_hash[:12]} cannot be checked against it")
+    was = {p.seed_id: p.split for p in trained}
+    moved = sorted({p.seed_id for p in pairs if was.get(p.seed_id, p.split) != p.split})
+    if moved:
+        return (f"it was trained on dataset {trained_hash[:12]}, and {len(moved)} seed(s) changed split in "
+                f"{dataset_hash[:12]} ({', '.join(moved[:5])}): held-out pairs would have been trained on; "
+                "build the dataset with the held-out fraction the first one used, or train from scratch")
+    return None
 
 
 def fit_status_decider(settings: Settings, model, tokenizer, heldout_pairs, limit: int):

@@ -146,9 +146,19 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
     with pytest.raises(ConfigError, match="cannot resume from v1: its LoRA settings"):
         train_adapter(tuning_settings, TrainConfig(max_steps=1, batch_size=2, rank=8), dataset=folder,
                       registry=registry, resume_from="v1")
+    # a grown dataset may continue v1 when every shared seed keeps its split; one that moves a
+    # seed between splits (here s4 and s5, trained on by v1, held out in pairs(6)) may not
+    extra = [p.model_copy(update={"id": f"x{p.id}", "seed_id": f"x{p.seed_id}", "split": "train"}) for p in pairs(2)]
+    grown = write_dataset([*pairs(), *extra], DatasetReport(), tuning_settings.datasets_dir)
+    again_more = train_adapter(tuning_settings, still, dataset=grown, registry=registry, resume_from="v1")
+    assert again_more.manifest.resumed_from == "v1" and again_more.manifest.dataset_hash.startswith(grown.name)
     other = write_dataset(pairs(6), DatasetReport(), tuning_settings.datasets_dir)
-    with pytest.raises(ConfigError, match="cannot resume from v1: it was trained on dataset"):
+    with pytest.raises(ConfigError, match=r"cannot resume from v1: .* 2 seed\(s\) changed split .*\(s4, s5\)"):
         train_adapter(tuning_settings, still, dataset=other, registry=registry, resume_from="v1")
+    shutil.rmtree(folder)  # v1's dataset gone: its split cannot be checked
+    with pytest.raises(ConfigError, match="which is not under"):
+        train_adapter(tuning_settings, still, dataset=grown, registry=registry, resume_from="v1")
+    folder = write_dataset(pairs(), DatasetReport(), tuning_settings.datasets_dir)
     with registry.staging() as staged:  # v1's weights, registered as trained with another prompt
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(record.path / name, staged / name)
