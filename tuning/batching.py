@@ -21,6 +21,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE on the prompt, the token ids on the response
     kind: str = ""  # the target's status, for balanced sampling
+    status_at: int = -1  # index, among the response tokens, of the first token of the status value (-1: unknown)
 
     @property
     def response_tokens(self) -> int:

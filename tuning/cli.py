@@ -106,6 +106,8 @@ def train_with_progress(settings, config, registry, *, transient: bool = False, 
 
         def on_step(info) -> None:
             extra = f"  held-out {info.eval_loss:.3f}" if info.eval_loss is not None else ""
+            if info.eval_status_accuracy is not None:
+                extra += f", status {info.eval_status_accuracy:.0%}"
             fields = {"tps": info.tokens_per_s, "loss": info.loss}
             if extra:
                 fields["eval"] = extra
@@ -263,7 +265,8 @@ def _print_record(record, as_json: bool) -> None:
                   f"dataset {(m.dataset_hash or '?')[:12]}, eval set {(m.eval_set_hash or 'none')[:12]}")
     console.print(f"{training['steps']} steps ({training['stopped']}), {training['tokens']} tokens in "
                   f"{training['wall_s']} s = {training['tokens_per_s']} tok/s, held-out loss "
-                  f"{training['eval_loss']} (best step {training['best_step']}), peak RSS {training['peak_rss_mib']} MiB")
+                  f"{training['eval_loss']}, status accuracy {training.get('eval_status_accuracy')} (best step "
+                  f"{training['best_step']}), peak RSS {training['peak_rss_mib']} MiB")
     if m.calibrated_from:
         console.print(f"weights of {m.calibrated_from}, with a new status decider")
     decider = m.metrics.get("status_decider")

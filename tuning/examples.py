@@ -10,6 +10,7 @@ from core.prompt import build_messages
 from core.references import render_wire, wire_from_house
 from tuning.batching import IGNORE, Example
 from tuning.pairs import TrainingPair
+from tuning.status import STATUS_PREFIX
 
 
 def prompt_text(tokenizer, instruction: str, context: Sequence) -> str:
@@ -33,4 +34,17 @@ def encode_pair(tokenizer, pair: TrainingPair) -> Example:
         raise ValueError(f"chat template of {tokenizer.name_or_path} does not extend the prompt")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(full[len(prompt):].rstrip("\n"), add_special_tokens=False)["input_ids"]
-    return Example(pair.id, prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, pair.status)
+    return Example(pair.id, prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, pair.status,
+                   status_token_index(tokenizer, response_ids))
+
+
+def status_token_index(tokenizer, response_ids: Sequence[int]) -> int:
+    """Which response token holds the first character of the status value (the answer begins
+    `{"status": "`), found by decoding, since a tokenizer may merge the quote into the value's
+    first token; -1 when the response does not begin that way."""
+    if not tokenizer.decode(response_ids).startswith(STATUS_PREFIX):
+        return -1
+    for index in range(len(response_ids)):
+        if len(tokenizer.decode(response_ids[:index + 1])) > len(STATUS_PREFIX):
+            return index
+    return -1

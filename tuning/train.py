@@ -91,6 +91,7 @@ def train_adapter(
             "steps": result.steps, "tokens": result.tokens, "wall_s": round(result.wall_s, 1),
             "tokens_per_s": round(result.tokens_per_s, 1), "train_loss": round(result.train_loss, 4),
             "eval_loss": None if result.eval_loss is None else round(result.eval_loss, 4),
+            "eval_status_accuracy": result.eval_status_accuracy,
             "best_step": result.best_step, "stopped": result.stopped,
             "eval_history": result.eval_history, "train_pairs": len(train),
             "heldout_pairs": len(heldout), "skipped_too_long": len(too_long),

@@ -33,6 +33,7 @@ class StepInfo:
     tokens: int  # real (non-padding) tokens processed so far
     elapsed_s: float
     eval_loss: float | None = None
+    eval_status_accuracy: float | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -52,7 +53,8 @@ class TrainResult:
     eval_loss: float | None
     best_step: int
     stopped: str  # max_steps | early_stop | time_budget
-    eval_history: list[tuple[int, float]] = field(default_factory=list)
+    eval_history: list[tuple[int, float, float | None]] = field(default_factory=list)  # step, loss, status acc.
+    eval_status_accuracy: float | None = None  # at best_step
 
     @property
     def tokens_per_s(self) -> float:
@@ -104,11 +106,17 @@ def response_loss(model, batch: dict[str, torch.Tensor], *, logits_only_on_respo
     if not logits_only_on_response:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+    logits, kept = _response_logits(model, batch)
+    return F.cross_entropy(logits.float(), kept)
+
+
+def _response_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LM head's logits at the response positions only (row by row), and their labels."""
+    labels = batch["labels"][:, 1:]
     base = model.get_base_model()
     hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     keep = labels != IGNORE
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), labels[keep])
+    return base.get_output_embeddings()(hidden[:, :-1][keep]), labels[keep]
 
 
 def train_loop(
@@ -120,7 +128,13 @@ def train_loop(
     pad_id: int,
     on_step: Callable[[StepInfo], None] = lambda info: None,
 ) -> tuple[TrainResult, dict[str, torch.Tensor]]:
-    """Train; returns the result and the best LoRA weights (by held-out loss, else the last)."""
+    """Train; returns the result and the best LoRA weights (by held-out status accuracy, then
+    held-out loss; else the last).
+
+    Why status accuracy first: over three resumed cycles (README, session 6) the held-out loss
+    rose 0.251 -> 0.288 while gold status accuracy rose 79.8% -> 86.2%. The loss is dominated by
+    the answer text, which the model learns to word its own way; which status it takes is what
+    the users see and what the gate measures."""
     if not train:
         raise ValueError("no training examples")
     # 1. determinism: one seed for torch and for batch order
@@ -131,7 +145,7 @@ def train_loop(
     stream = batches(train, config.batch_size, seed=config.seed, bucketing=config.bucketing, balanced=config.balanced)
     rng = random.Random(config.seed)
     eval_set = rng.sample(list(heldout), min(config.eval_examples, len(heldout)))
-    best_loss, best_step, best_state, bad_evals = math.inf, 0, None, 0
+    best_loss, best_accuracy, best_step, best_state, bad_evals = math.inf, -1.0, 0, None, 0
     history: list[tuple[int, float]] = []
     tokens, losses, stopped = 0, [], "max_steps"
     started = time.perf_counter()
@@ -164,18 +178,20 @@ def train_loop(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
-        # 4. held-out loss every eval_every steps; keep the best weights; stop when it stalls
-        eval_loss = None
+        # 4. held-out status accuracy and loss every eval_every steps; keep the best weights
+        #    (higher accuracy, or the same with a lower loss); stop when neither improves
+        eval_loss = accuracy = None
         if eval_set and (step % config.eval_every == 0 or step == config.max_steps):
-            eval_loss = evaluate_loss(model, eval_set, config, pad_id=pad_id)
-            history.append((step, eval_loss))
-            if eval_loss < best_loss - 1e-4:
-                best_loss, best_step, bad_evals = eval_loss, step, 0
+            eval_loss, accuracy = evaluate_heldout(model, eval_set, config, pad_id=pad_id)
+            history.append((step, eval_loss, accuracy))
+            score = -1.0 if accuracy is None else accuracy
+            if score > best_accuracy or (score == best_accuracy and eval_loss < best_loss - 1e-4):
+                best_loss, best_accuracy, best_step, bad_evals = eval_loss, score, step, 0
                 best_state = _lora_state(model)
             else:
                 bad_evals += 1
         elapsed = time.perf_counter() - started
-        on_step(StepInfo(step, config.max_steps, losses[-1], tokens, elapsed, eval_loss))
+        on_step(StepInfo(step, config.max_steps, losses[-1], tokens, elapsed, eval_loss, accuracy))
         if bad_evals >= config.patience:
             stopped = "early_stop"
             break
@@ -190,22 +206,38 @@ def train_loop(
         train_loss=sum(losses[-8:]) / len(losses[-8:]),
         eval_loss=None if best_loss == math.inf else best_loss,
         best_step=best_step, stopped=stopped, eval_history=history,
+        eval_status_accuracy=None if best_accuracy < 0 else best_accuracy,
     )
     return result, best_state
 
 
-@torch.no_grad()
 def evaluate_loss(model, examples: Sequence[Example], config: TrainConfig, *, pad_id: int) -> float:
+    return evaluate_heldout(model, examples, config, pad_id=pad_id)[0]
+
+
+@torch.no_grad()
+def evaluate_heldout(model, examples: Sequence[Example], config: TrainConfig, *, pad_id: int) -> tuple[float, float | None]:
+    """Mean loss over the response tokens, and the share of examples whose status the model
+    would write (teacher-forced arg-max at the status value's first token; None when no example
+    marks that token)."""
     model.eval()
-    total, count = 0.0, 0
+    total, count, hits, marked = 0.0, 0, 0, 0
     for start in range(0, len(examples), config.micro_batch_size):
         chunk = examples[start:start + config.micro_batch_size]
         with _autocast(config, model):
-            loss = response_loss(model, _on_device(collate(chunk, pad_id), model), logits_only_on_response=True)
+            logits, labels = _response_logits(model, _on_device(collate(chunk, pad_id), model))
+            loss = F.cross_entropy(logits.float(), labels)
         n = sum(e.response_tokens for e in chunk)
         total += float(loss) * n
         count += n
-    return total / count
+        offset = 0  # the kept positions run row by row, each row's response tokens in order
+        for e in chunk:
+            if e.status_at >= 0:
+                at = offset + e.status_at
+                hits += int(logits[at].argmax() == labels[at])
+                marked += 1
+            offset += e.response_tokens
+    return total / count, (hits / marked if marked else None)
 
 
 def _autocast(config: TrainConfig, model) -> torch.autocast:

@@ -62,6 +62,38 @@ def test_response_only_logits_give_the_same_loss_as_the_full_head(base_model_dir
     assert torch.allclose(sliced, full, atol=1e-4), (sliced, full)
 
 
+def test_heldout_status_accuracy_reads_the_status_token_of_each_row(base_model_dir, tokenizer):
+    # the status value's first token is found by decoding ("answered" / "ref"), and the
+    # held-out status accuracy is the teacher-forced arg-max there, checked against the full LM head
+    from tuning.trainer import evaluate_heldout
+
+    examples = [encode_pair(tokenizer, p) for p in pairs(5)]
+    for e, p in zip(examples, pairs(5)):
+        response = [t for t in e.labels if t != IGNORE]
+        assert p.status.startswith(tokenizer.decode(response[e.status_at:e.status_at + 1]).strip())
+        assert tokenizer.decode(response[:e.status_at]).startswith('{"status"')
+    model, _ = load_for_training(base_model_dir, TrainConfig(dropout=0.0))
+    model.eval()
+    with torch.no_grad():  # rows 0, 2, 4 get the status token the model predicts there (causal:
+        for row in (0, 2, 4):  # the prediction at the position before it does not change)
+            e = examples[row]
+            at = len(e.input_ids) - e.response_tokens + e.status_at
+            guess = int(model(input_ids=torch.tensor([e.input_ids[:at]])).logits[0, -1].argmax())
+            ids = [*e.input_ids[:at], guess, *e.input_ids[at + 1:]]
+            examples[row] = Example(e.pair_id, ids, [*e.labels[:at], guess, *e.labels[at + 1:]], e.kind, e.status_at)
+    config = TrainConfig(micro_batch_size=2, precision="fp32")
+    loss, accuracy = evaluate_heldout(model, examples, config, pad_id=tokenizer.pad_token_id or 0)
+    hits = 0
+    with torch.no_grad():
+        for e in examples:  # one row at a time, the whole head: no offsets to get wrong
+            logits = model(input_ids=torch.tensor([e.input_ids])).logits[0]
+            at = len(e.input_ids) - e.response_tokens + e.status_at
+            hits += int(logits[at - 1].argmax() == e.input_ids[at])
+    assert hits >= 3 and accuracy == hits / len(examples) and loss > 0
+    unmarked = [Example(e.pair_id, e.input_ids, e.labels, e.kind) for e in examples]
+    assert evaluate_heldout(model, unmarked, config, pad_id=0)[1] is None
+
+
 def test_length_bucketing_cuts_padding():
     examples = [Example(str(i), [1] * (50 + (i * 37) % 400), [IGNORE] * (50 + (i * 37) % 400)) for i in range(64)]
 
