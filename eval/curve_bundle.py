@@ -59,7 +59,7 @@ def build_bundle(settings: Settings, items: Sequence[dict[str, Any]], out: Path,
     for pair in pairs:
         encoded = encode_pair(tokenizer, pair)
         examples.append({"id": pair.id, "split": pair.split, "kind": encoded.kind, "ids": encoded.input_ids,
-                         "n_prompt": len(encoded.input_ids) - encoded.response_tokens})
+                         "n_prompt": len(encoded.input_ids) - encoded.response_tokens, "status_at": encoded.status_at})
     write_rows(out, "examples", examples)
 
     scorer = SupportScorer(DenseEmbedder(embedding_model_path(settings), dtype=settings.embedding_dtype))

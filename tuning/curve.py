@@ -32,7 +32,7 @@ from core.status_metrics import status_precision_recall
 from tuning.batching import IGNORE, Example
 from tuning.config import TrainConfig
 from tuning.status import STATUSES, fit_decider, status_logprobs, top_by_text
-from tuning.trainer import _lora_state, evaluate_loss, load_for_training, train_loop
+from tuning.trainer import _lora_state, evaluate_heldout, load_for_training, train_loop
 
 BUNDLE_FILES = ("examples", "fit", "gold")
 
@@ -59,7 +59,8 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def examples_of(rows: Sequence[dict[str, Any]], split: str, max_len: int) -> list[Example]:
-    return [Example(r["id"], r["ids"], [IGNORE] * r["n_prompt"] + r["ids"][r["n_prompt"]:], r["kind"])
+    return [Example(r["id"], r["ids"], [IGNORE] * r["n_prompt"] + r["ids"][r["n_prompt"]:], r["kind"],
+                    r.get("status_at", -1))  # bundles before status_at: held-out loss only
             for r in rows if r["split"] == split and len(r["ids"]) <= max_len]
 
 
@@ -107,8 +108,11 @@ class Curve:
         self.checkpoint(0)
         result, _ = train_loop(self.model, train, self.heldout, self.config, pad_id=self.meta["pad_id"],
                                on_step=lambda info: info.eval_loss is not None and self.checkpoint(info.step))
-        kept = {"final": self.points[-1]["step"], "best": min(self.points[1:] or self.points,
-                                                            key=lambda p: p["heldout_loss"])["step"]}
+        # best: the held-out status accuracy, then the loss (what train_loop keeps; README, session 7)
+        kept = {"final": self.points[-1]["step"], "best": max(
+            self.points[1:] or self.points,
+            key=lambda p: (p["heldout_status_accuracy"] if p["heldout_status_accuracy"] is not None else -1.0,
+                           -p["heldout_loss"]))["step"]}
         for name, step in kept.items():
             self.save_adapter(self.out / name, step)
         summary = {
@@ -123,7 +127,8 @@ class Curve:
 
     def checkpoint(self, step: int) -> None:
         point: dict[str, Any] = {"step": step, "epoch": round(step / self.epoch_steps, 3)}
-        point["heldout_loss"] = round(evaluate_loss(self.model, self.heldout, self.config, pad_id=self.meta["pad_id"]), 4)
+        loss, accuracy = evaluate_heldout(self.model, self.heldout, self.config, pad_id=self.meta["pad_id"])
+        point["heldout_loss"], point["heldout_status_accuracy"] = round(loss, 4), accuracy
         fit_lp = self.status_lp([r["ids"] for r in self.fit])
         gold_lp = iter(self.status_lp([g["ids"] for g in self.gold if g["ids"]]))
         decider = fit_decider([(lp + r["support"], r["status"]) for lp, r in zip(fit_lp, self.fit) if r["picked"]])
@@ -138,7 +143,7 @@ class Curve:
         point["decider"] = decider.to_json()
         self.points.append(point)
         self.states[step] = {k: v.detach().to("cpu", torch.bfloat16) for k, v in _lora_state(self.model).items()}
-        self.say(json.dumps({k: point[k] for k in ("step", "epoch", "heldout_loss", "gold")}))
+        self.say(json.dumps({k: point[k] for k in ("step", "epoch", "heldout_loss", "heldout_status_accuracy", "gold")}))
         (self.out / "curve.json").write_text(json.dumps({"points": self.points}, indent=1), encoding="utf-8")
         self.model.train()
 
@@ -179,7 +184,8 @@ class Curve:
         point = next(p for p in self.points if p["step"] == step)
         (folder / "training.json").write_text(json.dumps(
             {"step": step, "heldout_loss": point["heldout_loss"], "config": self.config.to_json(),
-             "eval_history": [[p["step"], p["heldout_loss"]] for p in self.points], "versions": self.versions(),
+             "eval_history": [[p["step"], p["heldout_loss"], p["heldout_status_accuracy"]] for p in self.points],
+             "versions": self.versions(),
              **{k: self.meta[k] for k in ("dataset_hash", "base_model", "prompt_fingerprint")}}),
             encoding="utf-8")
 

@@ -78,7 +78,9 @@ def test_the_curve_trains_measures_each_checkpoint_and_its_adapter_imports(bundl
         # the item decided without the model keeps its run's status: always a right refusal
         assert g["refused_precision_recall"][1] in (0.5, 1.0)
     kept = curve["kept"]
-    assert kept["final"] == 3 and kept["best"] == min(points[1:], key=lambda p: p["heldout_loss"])["step"]
+    assert all(p["heldout_status_accuracy"] in (0.0, 0.5, 1.0) for p in points)  # two held-out pairs
+    assert kept["final"] == 3 and kept["best"] == max(
+        points[1:], key=lambda p: (p["heldout_status_accuracy"], -p["heldout_loss"]))["step"]
     weights = load_file(str(out / "best" / "adapter_model.safetensors"))
     assert weights and all(t.dtype == torch.bfloat16 for t in weights.values())
 
