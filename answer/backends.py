@@ -3,8 +3,9 @@
 - `VllmBackend`: an OpenAI-compatible vLLM server with `--enable-lora`. Adapters are registered
   with the server by version name on first use (`/v1/load_lora_adapter`), so promoting or rolling
   back an adapter takes effect on the next request. Output is constrained to the request's JSON
-  schema (the wire format with this prompt's sentence ids, `core.references`) through
-  `response_format` `json_schema` (vLLM's `guided_json` field is silently ignored).
+  schema (the wire format with this prompt's sentence ids, `core.references`), sent as the
+  xgrammar grammar of `house_grammar` in `structured_outputs` (vLLM's `guided_json` field is
+  silently ignored, and its `response_format` `json_schema` allows free whitespace).
 - `LocalBackend`: in-process transformers + PEFT, constrained by xgrammar's logits processor (the
   grammar engine vLLM uses, so both backends accept exactly the same outputs). One generation at
   a time: it exists for tests and machines without vLLM.
@@ -106,8 +107,19 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def _schema_format(schema: dict) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "house_answer", "schema": schema, "strict": True}}
+# no free whitespace, and the separators of render_wire (the training targets): with any
+# whitespace allowed, a weak model can emit blank lines or tabs until max_tokens (v9 on vLLM did:
+# 320 tokens of tabs, eval run 20261130T062900-294a1d); vLLM's own disable_any_whitespace switch
+# also forces "," and ":" without spaces, which the model was never trained on
+JSON_GRAMMAR = {"any_whitespace": False, "separators": (", ", ": ")}
+
+
+def house_grammar(schema: dict) -> str:
+    """`schema` as xgrammar EBNF under JSON_GRAMMAR: the grammar the local backend compiles too,
+    so both backends accept exactly the same outputs."""
+    import xgrammar
+
+    return str(xgrammar.Grammar.from_json_schema(json.dumps(schema), **JSON_GRAMMAR))
 
 
 class VllmBackend:
@@ -210,7 +222,7 @@ class VllmBackend:
             "messages": list(messages),
             "temperature": 0.0,
             "max_tokens": max_tokens,
-            **({"response_format": _schema_format(schema)} if schema is not None else {}),
+            **({"structured_outputs": {"grammar": house_grammar(schema)}} if schema is not None else {}),
         }
         started = time.perf_counter()
         if on_token is None:
@@ -386,9 +398,7 @@ class LocalBackend:
                 return model_top_logprobs(self.model, self.tokenizer, messages)
 
     def _grammar(self, schema: dict):
-        # no free whitespace, and the separators of render_wire (the training targets): with
-        # any whitespace allowed, a weak model can emit blank lines until max_tokens
-        return self._compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=(", ", ": "))
+        return self._compiler.compile_json_schema(json.dumps(schema), **JSON_GRAMMAR)
 
     def health(self) -> tuple[bool, str]:
         return True, f"in-process transformers ({self.model_dir.name}), adapters loaded: {sorted(self._adapters) or 'none'}"

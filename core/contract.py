@@ -116,7 +116,7 @@ def _schema_text() -> str:
 
 
 def answer_json_schema() -> dict[str, Any]:
-    """The JSON schema for constrained decoding (vLLM `response_format`) and for eval."""
+    """The JSON schema for constrained decoding (`answer.backends.house_grammar`) and for eval."""
     return json.loads(_schema_text())
 
 

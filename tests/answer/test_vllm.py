@@ -224,6 +224,42 @@ def test_the_embedded_server_refuses_requests_without_its_per_start_key(server):
     assert keyed.status_code == 200
 
 
+def test_constrained_answers_on_vllm_allow_no_free_whitespace(server, base_model_dir):
+    """v9 on vLLM once wrote 320 tokens of tabs inside a constrained answer (eval run
+    20261130T062900-294a1d): vLLM's json_schema path allows any whitespace between JSON tokens.
+    With every whitespace token pushed to the top (logit_bias +100), that path is flooded; the
+    backend's grammar (`house_grammar`, the local backend's) admits none and keeps the training
+    separators."""
+    import json
+
+    import httpx
+    from transformers import AutoTokenizer
+
+    from answer.backends import house_grammar
+    from answer.vllm_server import SERVED_BASE
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    blank = {i for i in range(len(tokenizer)) if (t := tokenizer.decode([i])) and not t.strip()}
+    schema = {"type": "object", "properties": {"status": {"enum": ["answered", "refused"]}, "answer": {"type": "string"}},
+              "required": ["status", "answer"], "additionalProperties": False}
+    body = {"model": SERVED_BASE, "messages": [{"role": "user", "content": "Reply in JSON."}], "temperature": 0.0,
+            "max_tokens": 48, "logit_bias": {str(i): 100 for i in blank}}
+
+    def complete(**constraint) -> str:
+        response = httpx.post(f"{server.url}/chat/completions", json={**body, **constraint}, timeout=120,
+                              headers={"Authorization": f"Bearer {server.api_key}"})
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    flooded = complete(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert sum(c in " \t\n\r" for c in flooded) > 20, flooded  # the bias works: the defect, reproduced
+    text = complete(structured_outputs={"grammar": house_grammar(schema)})
+    assert not any(c in "\t\n\r" for c in text), text  # spaces may fill the string, never the JSON
+    assert text.startswith('{"status": "') or text == "{", text  # render_wire's separators, or cut short
+    if text.endswith("}"):
+        assert set(json.loads(text)) == {"status", "answer"}
+
+
 def test_adapter_files_changed_after_the_first_load_are_refused_at_the_next_load(vllm_service, vllm_settings):
     """The served name carries the weights' hash, and the files are verified before every (re)load,
     so files swapped on disk are never loaded after a server restart."""
