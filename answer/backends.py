@@ -4,8 +4,7 @@
   with the server by version name on first use (`/v1/load_lora_adapter`), so promoting or rolling
   back an adapter takes effect on the next request. Output is constrained to the request's JSON
   schema (the wire format with this prompt's sentence ids, `core.references`), sent as the
-  xgrammar grammar of `house_grammar` in `structured_outputs` (vLLM's `guided_json` field is
-  silently ignored, and its `response_format` `json_schema` allows free whitespace).
+  grammar of `answer.grammar.house_grammar` in `structured_outputs` (see there why).
 - `LocalBackend`: in-process transformers + PEFT, constrained by xgrammar's logits processor (the
   grammar engine vLLM uses, so both backends accept exactly the same outputs). One generation at
   a time: it exists for tests and machines without vLLM.
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from answer.grammar import JSON_GRAMMAR, house_grammar
 from core.errors import PolicyRagError
 from tuning.status import STATUS_PREFIX, TOP_LOGPROBS, model_top_logprobs, top_by_text
 
@@ -105,21 +105,6 @@ class Backend(Protocol):
     def health(self) -> tuple[bool, str]: ...
 
     def close(self) -> None: ...
-
-
-# no free whitespace, and the separators of render_wire (the training targets): with any
-# whitespace allowed, a weak model can emit blank lines or tabs until max_tokens (v9 on vLLM did:
-# 320 tokens of tabs, eval run 20261130T062900-294a1d); vLLM's own disable_any_whitespace switch
-# also forces "," and ":" without spaces, which the model was never trained on
-JSON_GRAMMAR = {"any_whitespace": False, "separators": (", ", ": ")}
-
-
-def house_grammar(schema: dict) -> str:
-    """`schema` as xgrammar EBNF under JSON_GRAMMAR: the grammar the local backend compiles too,
-    so both backends accept exactly the same outputs."""
-    import xgrammar
-
-    return str(xgrammar.Grammar.from_json_schema(json.dumps(schema), **JSON_GRAMMAR))
 
 
 class VllmBackend:

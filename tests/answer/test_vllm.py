@@ -235,7 +235,7 @@ def test_constrained_answers_on_vllm_allow_no_free_whitespace(server, base_model
     import httpx
     from transformers import AutoTokenizer
 
-    from answer.backends import house_grammar
+    from answer.grammar import house_grammar
     from answer.vllm_server import SERVED_BASE
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
