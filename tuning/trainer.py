@@ -146,7 +146,7 @@ def train_loop(
     rng = random.Random(config.seed)
     eval_set = rng.sample(list(heldout), min(config.eval_examples, len(heldout)))
     best_loss, best_accuracy, best_step, best_state, bad_evals = math.inf, -1.0, 0, None, 0
-    history: list[tuple[int, float]] = []
+    history: list[tuple[int, float, float | None]] = []
     tokens, losses, stopped = 0, [], "max_steps"
     started = time.perf_counter()
     step = 0
