@@ -107,7 +107,8 @@ class Curve:
                  f"({epochs} epochs) on {self.device}, a checkpoint every {self.config.eval_every}")
         self.checkpoint(0)
         result, _ = train_loop(self.model, train, self.heldout, self.config, pad_id=self.meta["pad_id"],
-                               on_step=lambda info: info.eval_loss is not None and self.checkpoint(info.step))
+                               on_step=lambda info: info.eval_loss is not None and self.checkpoint(
+                                   info.step, (info.eval_loss, info.eval_status_accuracy)))
         # best: the held-out status accuracy, then the loss (what train_loop keeps; README, session 7)
         kept = {"final": self.points[-1]["step"], "best": max(
             self.points[1:] or self.points,
@@ -125,9 +126,11 @@ class Curve:
         (self.out / "curve.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
 
-    def checkpoint(self, step: int) -> None:
+    def checkpoint(self, step: int, heldout: tuple[float, float | None] | None = None) -> None:
+        """Record a point; `heldout` is train_loop's own measure on the whole held-out split (its
+        eval set here), so it is not computed twice."""
         point: dict[str, Any] = {"step": step, "epoch": round(step / self.epoch_steps, 3)}
-        loss, accuracy = evaluate_heldout(self.model, self.heldout, self.config, pad_id=self.meta["pad_id"])
+        loss, accuracy = heldout or evaluate_heldout(self.model, self.heldout, self.config, pad_id=self.meta["pad_id"])
         point["heldout_loss"], point["heldout_status_accuracy"] = round(loss, 4), accuracy
         fit_lp = self.status_lp([r["ids"] for r in self.fit])
         gold_lp = iter(self.status_lp([g["ids"] for g in self.gold if g["ids"]]))
