@@ -28,6 +28,9 @@ class TrainConfig:
     eval_every: int = 40  # steps between held-out loss evaluations
     eval_examples: int = 32  # held-out examples per evaluation (fewer made early stopping noisy)
     patience: int = 3  # evaluations without improvement before early stop
+    # which weights are registered: "best" (held-out status accuracy, then loss; early stopping
+    # on) or "last" (the end of the cosine schedule; the held-out figures are still recorded)
+    keep: Literal["best", "last"] = "best"
     seed: int = 0
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast; the LoRA weights stay fp32
     bucketing: bool = True  # batch examples of similar length (less padding)
@@ -57,6 +60,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.method not in ("lora", "qlora"):
             raise ConfigError(f"TrainConfig.method must be 'lora' or 'qlora', got {self.method!r}")
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"TrainConfig.keep must be 'best' or 'last', got {self.keep!r}")
         if self.precision not in ("bf16", "fp32"):
             raise ConfigError(f"TrainConfig.precision must be 'bf16' or 'fp32', got {self.precision!r}")
         if min(self.warmup_steps, self.eval_examples, self.compare_items, self.status_fit_items) < 0:

@@ -129,7 +129,7 @@ def train_loop(
     on_step: Callable[[StepInfo], None] = lambda info: None,
 ) -> tuple[TrainResult, dict[str, torch.Tensor]]:
     """Train; returns the result and the best LoRA weights (by held-out status accuracy, then
-    held-out loss; else the last).
+    held-out loss; else the last), or the last ones when `config.keep == "last"`.
 
     Why status accuracy first: over three resumed cycles (README, session 6) the held-out loss
     rose 0.251 -> 0.288 while gold status accuracy rose 79.8% -> 86.2%. The loss is dominated by
@@ -185,7 +185,9 @@ def train_loop(
             eval_loss, accuracy = evaluate_heldout(model, eval_set, config, pad_id=pad_id)
             history.append((step, eval_loss, accuracy))
             score = -1.0 if accuracy is None else accuracy
-            if score > best_accuracy or (score == best_accuracy and eval_loss < best_loss - 1e-4):
+            if config.keep == "last":  # no choosing and no early stop: the figures are a record
+                best_loss, best_accuracy, best_step = eval_loss, score, step
+            elif score > best_accuracy or (score == best_accuracy and eval_loss < best_loss - 1e-4):
                 best_loss, best_accuracy, best_step, bad_evals = eval_loss, score, step, 0
                 best_state = _lora_state(model)
             else:
@@ -199,7 +201,7 @@ def train_loop(
             stopped = "time_budget"
             break
     wall = time.perf_counter() - started
-    if best_state is None:
+    if best_state is None or config.keep == "last":
         best_state, best_step = _lora_state(model), step
     result = TrainResult(
         steps=step, tokens=tokens, wall_s=wall,

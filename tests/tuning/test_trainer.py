@@ -125,6 +125,23 @@ def test_same_seed_same_adapter_weights(base_model_dir, tokenizer):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_keep_last_trains_the_whole_schedule_and_returns_its_end(base_model_dir, tokenizer):
+    # keep="last": every held-out check is recorded, none stops the run or chooses the weights
+    from tuning.trainer import _lora_state
+
+    examples = [encode_pair(tokenizer, p) for p in pairs(6)]
+    config = TrainConfig(max_steps=4, batch_size=2, eval_every=1, eval_examples=2, patience=1, keep="last",
+                         learning_rate=0.5, warmup_steps=0)
+    model, _ = load_for_training(base_model_dir, config)
+    result, state = train_loop(model, examples[:4], examples[4:], config, pad_id=0)
+    assert result.stopped == "max_steps" and result.steps == result.best_step == 4
+    assert [h[0] for h in result.eval_history] == [1, 2, 3, 4] and result.eval_loss == result.eval_history[-1][1]
+    final = _lora_state(model)
+    assert state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)
+    with pytest.raises(Exception, match="TrainConfig.keep must be 'best' or 'last'"):
+        TrainConfig(keep="first")
+
+
 def test_training_registers_a_self_describing_adapter_and_never_promotes(base_model_dir, tuning_settings):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
