@@ -49,6 +49,10 @@ from core.prompt import (
 
 HouseAnswer = Answered | Refused | Escalated
 REF_PATTERN = r"^s[0-9]{1,3}$"
+# What a decided escalation's `answer` must be: the service replaces an escalation's text with the
+# configured template (answer/pipeline.py `_escalation`), so once the decider has chosen
+# `escalate` the model writes this one character instead of ~35 tokens that would be thrown away.
+ESCALATION_PLACEHOLDER = "-"
 _WIRE_KEY_ORDER = ("status", "citations", "answer", "reason")
 
 # -- the wire format --------------------------------------------------------------------------
@@ -93,13 +97,17 @@ def _wire_schema_text() -> str:
 def wire_json_schema(sentences: Sequence[Sentence] | None = None, *, status: str | None = None) -> dict[str, Any]:
     """The wire format's JSON schema; given the prompt's sentences, citation items are an enum of
     their ids (the per-request schema for constrained decoding); given a `status`, only that
-    status's shape is allowed (the status decider chose it, tuning/status.py)."""
+    status's shape is allowed (the status decider chose it, tuning/status.py), and a decided
+    escalation's answer is ESCALATION_PLACEHOLDER (its text is the service's template)."""
     schema = json.loads(_wire_schema_text())
     if status is not None:
         target = schema["discriminator"]["mapping"].get(status)
         if target is None:
             raise ValueError(f"no wire shape for status {status!r}; one of {sorted(schema['discriminator']['mapping'])}")
         schema = {"$defs": schema["$defs"], "$ref": target}
+        if status == "escalate":
+            shape = schema["$defs"][target.rsplit("/", 1)[-1]]
+            shape["properties"]["answer"] = {"type": "string", "const": ESCALATION_PLACEHOLDER}
     if sentences is None:
         return schema
     refs = [s.ref for s in sentences]

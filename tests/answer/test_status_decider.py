@@ -9,6 +9,7 @@ import contextlib
 import pytest
 
 from answer.backends import AdapterUnavailable
+from core.references import ESCALATION_PLACEHOLDER
 from core.settings import Settings
 from tests.answer.helpers import CARRY_OVER, copy_data, register_with_decider
 from tuning.status import DECIDER_FILE, FEATURES, STATUSES
@@ -57,6 +58,8 @@ def test_the_decided_status_is_the_status_of_the_answer(decider_data, local_back
         source = by_id[escalated.answer.citations[0].id] if escalated.answer.citations else escalated.passages[0]
         assert source.owner and escalated.answer.answer == svc.settings.escalation_template.format(
             owner=source.owner, title=source.title)
+        # the model wrote the placeholder, not text the template replaces (issue 16)
+        assert f'"answer": "{ESCALATION_PLACEHOLDER}"' in escalated.raw_text, escalated.raw_text
 
 
 def test_switched_off_the_model_chooses_the_status(decider_data, local_backend, embedder):

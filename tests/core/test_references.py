@@ -13,6 +13,7 @@ import core.references as references
 from core.contract import MAX_QUOTE_CHARS, Answered, Citation, Escalated, Refused
 from core.prompt import PromptPassage, number_sentences, render_passages, sentence_spans
 from core.references import (
+    ESCALATION_PLACEHOLDER,
     ReferenceError,
     WireAnswered,
     WireRefused,
@@ -88,7 +89,8 @@ def test_a_schema_for_a_decided_status_admits_only_that_status():
     sentences = number_sentences([MEALS])
     answered = render_wire(WireAnswered(status="answered", citations=["s1"], answer="GBP 55 a day."))
     refused = json.dumps({"status": "refused", "citations": [], "answer": None, "reason": "not_in_policy"})
-    escalated = json.dumps({"status": "escalate", "citations": [], "answer": "Ask HR.", "reason": "needs_human"})
+    escalated = json.dumps({"status": "escalate", "citations": ["s1"], "answer": ESCALATION_PLACEHOLDER,
+                            "reason": "needs_human"})
     for status, ok in (("answered", answered), ("refused", refused), ("escalate", escalated)):
         schema = wire_json_schema(sentences, status=status)
         grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, separators=(", ", ": "))
@@ -96,6 +98,15 @@ def test_a_schema_for_a_decided_status_admits_only_that_status():
             assert _is_grammar_accept_string(grammar, text) == (text == ok), (status, text)
             assert (jsonschema.Draft202012Validator(schema).is_valid(json.loads(text))) == (text == ok)
         assert not _is_grammar_accept_string(grammar, answered.replace('"s1"', '"s2"'))
+    # a decided escalation's text is the service's template: the model may write only the
+    # placeholder, while an undecided schema still admits the text the model was trained on
+    free = escalated.replace(f'"answer": "{ESCALATION_PLACEHOLDER}"', '"answer": "Ask HR."')
+    decided = xgr.Grammar.from_json_schema(json.dumps(wire_json_schema(sentences, status="escalate")),
+                                           any_whitespace=False, separators=(", ", ": "))
+    undecided = xgr.Grammar.from_json_schema(json.dumps(wire_json_schema(sentences)),
+                                             any_whitespace=False, separators=(", ", ": "))
+    assert not _is_grammar_accept_string(decided, free) and _is_grammar_accept_string(undecided, free)
+    assert _is_grammar_accept_string(undecided, escalated)
     with pytest.raises(ValueError, match="no wire shape"):
         wire_json_schema(sentences, status="maybe")
 
