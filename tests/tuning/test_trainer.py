@@ -138,7 +138,9 @@ def test_keep_last_trains_the_whole_schedule_and_returns_its_end(base_model_dir,
     assert [h[0] for h in result.eval_history] == [1, 2, 3, 4] and result.eval_loss == result.eval_history[-1][1]
     final = _lora_state(model)
     assert state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)
-    with pytest.raises(Exception, match="TrainConfig.keep must be 'best' or 'last'"):
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TrainConfig.keep must be 'best' or 'last'"):
         TrainConfig(keep="first")
 
 
