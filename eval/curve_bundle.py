@@ -44,7 +44,7 @@ def build_bundle(settings: Settings, items: Sequence[dict[str, Any]], out: Path,
     from retrieval.embed import DenseEmbedder
     from tuning.dataset import latest_dataset, load_dataset
     from tuning.examples import encode_pair
-    from tuning.status import SupportScorer
+    from tuning.status import SupportScorer, status_prior
 
     pairs, dataset_hash = load_dataset(dataset or latest_dataset(settings.datasets_dir))
     base_dir, base = base_model_identity(settings)
@@ -81,7 +81,7 @@ def build_bundle(settings: Settings, items: Sequence[dict[str, Any]], out: Path,
     write_rows(out, "gold", gold)
 
     meta = {"dataset_hash": dataset_hash, "run_id": run_id, "base_model": base.as_dict(),
-            "prompt_fingerprint": prompt_fingerprint(),
+            "prompt_fingerprint": prompt_fingerprint(), "status_prior": status_prior(pairs),
             "weights_digest": weights_digest(load_file(str(base_dir / "model.safetensors"))),
             "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             "vocab": {i: tokenizer.decode([i]) for i in range(len(tokenizer))}}

@@ -134,7 +134,8 @@ class Curve:
         point["heldout_loss"], point["heldout_status_accuracy"] = round(loss, 4), accuracy
         fit_lp = self.status_lp([r["ids"] for r in self.fit])
         gold_lp = iter(self.status_lp([g["ids"] for g in self.gold if g["ids"]]))
-        decider = fit_decider([(lp + r["support"], r["status"]) for lp, r in zip(fit_lp, self.fit) if r["picked"]])
+        decider = fit_decider([(lp + r["support"], r["status"]) for lp, r in zip(fit_lp, self.fit) if r["picked"]],
+                              prior=self.meta.get("status_prior"))  # bundles before it: uncorrected
         decided, argmax = [], []
         for g in self.gold:
             lp = next(gold_lp) if g["ids"] else None

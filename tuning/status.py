@@ -8,8 +8,13 @@ answer is generated, from two kinds of evidence:
 
 A multinomial logistic regression (scikit-learn) over those five numbers is fitted on the
 dataset's held-out pairs (held out by seed, never the eval sets) right after training, and saved
-in the adapter's folder (`status-decider.json`, hashed with its other files). The generation is
-then constrained to the decided status (`core.references.wire_json_schema(status=...)`).
+in the adapter's folder (`status-decider.json`, hashed with its other files). The fit sample is
+spread evenly over the statuses (so the rare escalations are all in it), which teaches the
+regression a prior of about 1 in 3 for each; its intercepts are then moved to the dataset's own
+status shares, the standard prior-shift correction for a logistic model (Saerens, Latinne and
+Decaestecker, 2002: add log(new prior / sample prior) to each class's log-odds). Uncorrected, the
+balanced sample over-refused (README, session 10). The generation is then constrained to the
+decided status (`core.references.wire_json_schema(status=...)`).
 
 Why: the model's arg-max status is biased by what training over-sampled (it escalated 1 in 2
 answerable questions it should have answered), and a small model's reading of "do these passages
@@ -144,9 +149,25 @@ class StatusDecider:
         return path
 
 
-def fit_decider(rows: Sequence[tuple[Sequence[float], str]], *, seed: int = 0) -> StatusDecider:
+def status_prior(pairs: Iterable) -> dict[str, float]:
+    """The share of each status among `pairs` (a dataset's: what the adapter was trained toward)."""
+    counts = {s: 0 for s in STATUSES}
+    for pair in pairs:
+        counts[pair.status] += 1
+    total = sum(counts.values())
+    if not total:
+        raise ValueError("no pairs to take a status prior from")
+    return {s: c / total for s, c in counts.items()}
+
+
+def fit_decider(rows: Sequence[tuple[Sequence[float], str]], *, seed: int = 0,
+                prior: Mapping[str, float] | None = None) -> StatusDecider:
     """Fit on (features, expected status) rows; `fitted_on` records the counts and the 5-fold
-    cross-validated accuracy and per-status recall (what to expect on unseen questions)."""
+    cross-validated accuracy and per-status recall (what to expect on unseen questions). With a
+    `prior` (status -> share), each status's intercept moves by log(prior share / its share of
+    the rows), so the decider expects the statuses as often as the prior says (module docstring);
+    the cross-validated figures are of the corrected decider, and its accuracies are weighted to
+    the prior's mix (each row by prior share / row share): what to expect where it is deployed."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -160,13 +181,20 @@ def fit_decider(rows: Sequence[tuple[Sequence[float], str]], *, seed: int = 0) -
     model = LogisticRegression(C=1.0, max_iter=2000)
     counts = {s: int((y == i).sum()) for i, s in enumerate(STATUSES)}
     fitted_on: dict[str, Any] = {"pairs": len(rows), "by_status": counts}
+    shift = _prior_shift(counts, prior)
+    if prior is not None:
+        fitted_on["prior"] = {s: round(float(prior.get(s, 0.0)), 4) for s in STATUSES}
+        fitted_on["prior_shift"] = {s: round(float(v), 4) for s, v in zip(STATUSES, shift)}
     folds = min([5, *[c for c in counts.values() if c]])
     if folds >= 2:
-        predicted = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-        fitted_on["cv_accuracy"] = round(float((predicted == y).mean()), 4)
+        log_proba = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                      method="predict_log_proba")
+        predicted = np.array(present)[(log_proba + shift[present]).argmax(1)]
+        weight = np.exp(shift)[y]  # prior share / row share, per row (1 without a prior)
+        fitted_on["cv_accuracy"] = round(float(np.average(predicted == y, weights=weight)), 4)
         fitted_on["cv_recall"] = {s: round(float((predicted[y == i] == i).mean()), 4)
                                   for i, s in enumerate(STATUSES) if counts[s]}
-        fitted_on["cv_argmax_accuracy"] = round(float((x[:, :3].argmax(1) == y).mean()), 4)
+        fitted_on["cv_argmax_accuracy"] = round(float(np.average(x[:, :3].argmax(1) == y, weights=weight)), 4)
     model.fit(x, y)
     coef = np.zeros((len(STATUSES), len(FEATURES)))
     intercept = np.full(len(STATUSES), -30.0)  # a status never seen held out is never chosen
@@ -176,7 +204,26 @@ def fit_decider(rows: Sequence[tuple[Sequence[float], str]], *, seed: int = 0) -
     else:
         for row, cls in enumerate(model.classes_):
             coef[cls], intercept[cls] = model.coef_[row], model.intercept_[row]
-    return StatusDecider(tuple(tuple(r) for r in coef.tolist()), tuple(intercept.tolist()), fitted_on)
+    return StatusDecider(tuple(tuple(r) for r in coef.tolist()), tuple((intercept + shift).tolist()), fitted_on)
+
+
+def _prior_shift(counts: Mapping[str, int], prior: Mapping[str, float] | None):
+    """Per status, log(prior share) - log(share of the fit rows); 0 without a prior, and for a
+    status absent from the rows (never decided anyway) or from the prior (a decider that could
+    never choose a status it was fitted on would be a silent change of its statuses)."""
+    import numpy as np
+
+    shift = np.zeros(len(STATUSES))
+    if prior is None:
+        return shift
+    total_rows, total_prior = sum(counts.values()), sum(max(0.0, float(prior.get(s, 0.0))) for s in STATUSES)
+    if total_prior <= 0:
+        raise ValueError(f"a status prior with no positive share: {dict(prior)}")
+    for i, status in enumerate(STATUSES):
+        share = float(prior.get(status, 0.0)) / total_prior
+        if counts[status] and share > 0:
+            shift[i] = math.log(share) - math.log(counts[status] / total_rows)
+    return shift
 
 
 def pick_fit_pairs(pairs: Sequence, limit: int, *, seed: int = 0) -> list:
@@ -207,8 +254,8 @@ def model_top_logprobs(model, tokenizer, messages: Sequence[Mapping[str, str]], 
 
 
 def fit_for_model(model, tokenizer, pairs: Sequence, scorer: SupportScorer, *, limit: int,
-                  on_progress=lambda done, total: None) -> StatusDecider:
-    """Features of up to `limit` held-out pairs under `model`, then `fit_decider`."""
+                  prior: Mapping[str, float] | None = None, on_progress=lambda done, total: None) -> StatusDecider:
+    """Features of up to `limit` held-out pairs under `model`, then `fit_decider` (with `prior`)."""
     from core.prompt import build_messages
 
     chosen = pick_fit_pairs(pairs, limit)
@@ -218,4 +265,4 @@ def fit_for_model(model, tokenizer, pairs: Sequence, scorer: SupportScorer, *, l
         lp = status_logprobs(model_top_logprobs(model, tokenizer, build_messages(pair.instruction, pair.context)))
         rows.append((lp + scorer.features(pair.instruction, pair.context), pair.status))
         on_progress(n, len(chosen))
-    return fit_decider(rows)
+    return fit_decider(rows, prior=prior)

@@ -75,9 +75,9 @@ def train_adapter(
         model.save_pretrained(staged)
         decider = None
         if config.status_fit_items:
-            fit_pairs = [p for p in pairs if p.split == "heldout"]
-            on_stage(f"fitting the status decider on {min(len(fit_pairs), config.status_fit_items)} held-out pairs")
-            decider = fit_status_decider(settings, model, tokenizer, fit_pairs, config.status_fit_items)
+            heldout_count = sum(p.split == "heldout" for p in pairs)
+            on_stage(f"fitting the status decider on {min(heldout_count, config.status_fit_items)} held-out pairs")
+            decider = fit_status_decider(settings, model, tokenizer, pairs, config.status_fit_items)
             if decider is not None:
                 decider.save(staged)
 
@@ -146,16 +146,18 @@ def _split_problem(datasets_dir: Path, trained_hash: str, pairs: list, dataset_h
     return None
 
 
-def fit_status_decider(settings: Settings, model, tokenizer, heldout_pairs, limit: int):
-    """The status decider for `model` (tuning/status.py), or None when the held-out pairs cannot
-    fit one (fewer than two statuses: a tiny dataset); logged, never fatal to training."""
+def fit_status_decider(settings: Settings, model, tokenizer, pairs, limit: int):
+    """The status decider for `model` (tuning/status.py), fitted on up to `limit` of the dataset
+    `pairs` held out and corrected to the status shares of all of them; None when the held-out
+    pairs cannot fit one (fewer than two statuses: a tiny dataset); logged, never fatal."""
     from core.provision import embedding_model_path
     from retrieval.embed import DenseEmbedder
-    from tuning.status import SupportScorer, fit_for_model
+    from tuning.status import SupportScorer, fit_for_model, status_prior
 
     scorer = SupportScorer(DenseEmbedder(embedding_model_path(settings), dtype=settings.embedding_dtype))
+    heldout = [p for p in pairs if p.split == "heldout"]
     try:
-        return fit_for_model(model, tokenizer, heldout_pairs, scorer, limit=limit)
+        return fit_for_model(model, tokenizer, heldout, scorer, limit=limit, prior=status_prior(pairs))
     except ValueError as exc:
         logger.warning("no status decider: %s", exc)
         return None
@@ -189,7 +191,7 @@ def calibrate_registered(settings: Settings, version: str, *, items: int,
     on_stage(f"loading {version}")
     record, pairs, tokenizer, model = _load_registered(settings, registry, version)
     on_stage(f"fitting the status decider on up to {items} held-out pairs")
-    decider = fit_status_decider(settings, model, tokenizer, [p for p in pairs if p.split == "heldout"], items)
+    decider = fit_status_decider(settings, model, tokenizer, pairs, items)
     if decider is None:
         raise ConfigError(f"the held-out pairs of {version}'s dataset cannot fit a status decider (see the log)")
     with registry.staging() as staged:
@@ -233,7 +235,7 @@ def import_trained(settings: Settings, folder: Path, *, items: int = 240, regist
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), folder)
     on_stage(f"fitting the status decider on up to {items} held-out pairs")
-    decider = fit_status_decider(settings, model, tokenizer, [p for p in pairs if p.split == "heldout"], items)
+    decider = fit_status_decider(settings, model, tokenizer, pairs, items)
     with registry.staging() as staged:
         model.save_pretrained(staged)
         if decider is not None:

@@ -75,6 +75,8 @@ def test_the_curve_trains_measures_each_checkpoint_and_its_adapter_imports(bundl
     for p in points:
         g = p["gold"]
         assert 0 <= g["status_accuracy"] <= 1 and p["decider_fit"]["pairs"] == 2
+        # each checkpoint's decider is corrected to the dataset's status shares (the bundle's)
+        assert set(p["decider_fit"]["prior"]) == {"answered", "refused", "escalate"}
         # the item decided without the model keeps its run's status: always a right refusal
         assert g["refused_precision_recall"][1] in (0.5, 1.0)
     kept = curve["kept"]
@@ -89,6 +91,7 @@ def test_the_curve_trains_measures_each_checkpoint_and_its_adapter_imports(bundl
     assert record.version == "v1" and AdapterRegistry(tuning_settings.adapters_dir).promoted_version() is None
     assert m.dataset_hash.startswith(dataset.name) and m.metrics["training"]["step"] == kept["best"]
     assert m.metrics["status_decider"]["pairs"] == 2 and m.files["status-decider.json"]
+    assert m.metrics["status_decider"]["prior"] == points[-1]["decider_fit"]["prior"]  # the same dataset's
     imported = load_file(str(record.path / "adapter_model.safetensors"))
     assert set(imported) == set(weights)
     assert all(torch.equal(imported[k].to(torch.bfloat16), weights[k]) for k in weights)

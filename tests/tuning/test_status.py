@@ -18,6 +18,7 @@ from tuning.status import (
     model_top_logprobs,
     pick_fit_pairs,
     status_logprobs,
+    status_prior,
 )
 
 
@@ -88,6 +89,54 @@ def test_a_decider_round_trips_through_its_file_and_refuses_other_features(tmp_p
         StatusDecider.from_json(data)
     with pytest.raises(ValueError, match="4 features given"):
         decider.decide(_rows()[0][0][:4])
+
+
+def _population(n, seed, shares=(0.7, 0.25, 0.05)):
+    """Overlapping evidence drawn with a skewed status mix, as a deployment sees it."""
+    rng = random.Random(seed)
+    centres = {"answered": (-0.5, -2.0, -3.0, 0.65), "refused": (-1.5, -0.8, -3.0, 0.45),
+               "escalate": (-1.5, -2.0, -0.8, 0.55)}
+    out = []
+    for _ in range(n):
+        status = rng.choices(STATUSES, weights=shares)[0]
+        *lp, cos = (c + rng.gauss(0, 1.2 if i < 3 else 0.15) for i, c in enumerate(centres[status]))
+        out.append((lp + [cos, cos], status))
+    return out
+
+
+def test_the_prior_correction_moves_a_balanced_fit_to_the_deployment_mix():
+    """A fit on a status-balanced pick over-predicts the rare statuses on the real mix; corrected
+    to the population's shares it is more accurate there, by exactly the log prior ratio."""
+    class P:
+        def __init__(self, row):
+            self.row, self.status = row, row[1]
+
+    population = _population(1500, seed=3)
+    balanced = [p.row for p in pick_fit_pairs([P(r) for r in population], 240)]
+    prior = status_prior(P(r) for r in population)
+    assert prior["answered"] > 0.6 and sum(prior.values()) == pytest.approx(1.0)
+    plain, corrected = fit_decider(balanced), fit_decider(balanced, prior=prior)
+    fresh = _population(2000, seed=4)
+    accuracy = {name: sum(d.decide(x) == y for x, y in fresh) / len(fresh)
+                for name, d in (("plain", plain), ("corrected", corrected))}
+    assert accuracy["corrected"] > accuracy["plain"] + 0.03, accuracy
+    decided = {name: sum(d.decide(x) == "answered" for x, _ in fresh) for name, d in (("plain", plain), ("corrected", corrected))}
+    assert decided["corrected"] > decided["plain"]
+    share = {s: c / len(balanced) for s, c in corrected.fitted_on["by_status"].items()}
+    for status in STATUSES:
+        expected = math.log(prior[status]) - math.log(share[status])
+        assert corrected.fitted_on["prior_shift"][status] == pytest.approx(expected, abs=1e-4)
+    # the same regression underneath: scores are the plain ones reweighted by the prior ratio
+    x = fresh[0][0]
+    weighted = {s: plain.scores(x)[s] * prior[s] / share[s] for s in STATUSES}
+    total = sum(weighted.values())
+    for status in STATUSES:
+        assert corrected.scores(x)[status] == pytest.approx(weighted[status] / total, rel=1e-6)
+    assert "prior" not in plain.fitted_on
+    # its cross-validated accuracy, weighted to the prior, says what the fresh mix then shows
+    assert corrected.fitted_on["cv_accuracy"] == pytest.approx(accuracy["corrected"], abs=0.06)
+    with pytest.raises(ValueError, match="no positive share"):
+        fit_decider(balanced, prior={"answered": 0.0})
 
 
 def test_fit_pairs_spread_over_statuses():

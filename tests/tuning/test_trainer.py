@@ -171,6 +171,12 @@ def test_training_registers_a_self_describing_adapter_and_never_promotes(base_mo
 
     assert m.files[DECIDER_FILE] and m.metrics["status_decider"]["by_status"] == {"answered": 1, "refused": 1, "escalate": 0}
     assert StatusDecider.load(record.path).decide([-0.1, -3.0, -3.0, 0.8, 0.8]) in ("answered", "refused")
+    # corrected to the status shares of the whole dataset, not the 1:1 of the two it was fitted on
+    from tuning.dataset import load_dataset
+    from tuning.status import status_prior
+
+    shares = status_prior(load_dataset(folder)[0])
+    assert m.metrics["status_decider"]["prior"] == {s: round(v, 4) for s, v in shares.items()}
     # `tune calibrate`: the same weights with a freshly fitted decider, as a new version
     from tuning.train import calibrate_registered
 
