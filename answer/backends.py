@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from answer.grammar import JSON_GRAMMAR, house_grammar
+from answer.grammar import JSON_GRAMMAR, decoding_schema_text, house_grammar
 from core.errors import PolicyRagError
 from tuning.status import STATUS_PREFIX, TOP_LOGPROBS, model_top_logprobs, top_by_text
 
@@ -383,7 +383,7 @@ class LocalBackend:
                 return model_top_logprobs(self.model, self.tokenizer, messages)
 
     def _grammar(self, schema: dict):
-        return self._compiler.compile_json_schema(json.dumps(schema), **JSON_GRAMMAR)
+        return self._compiler.compile_json_schema(decoding_schema_text(schema), **JSON_GRAMMAR)
 
     def health(self) -> tuple[bool, str]:
         return True, f"in-process transformers ({self.model_dir.name}), adapters loaded: {sorted(self._adapters) or 'none'}"

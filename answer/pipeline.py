@@ -272,7 +272,7 @@ class AnswerPipeline:
             )
             generation_ms = (time.perf_counter() - t1) * 1000
             try:
-                wire = parse_wire_answer(generation.text)
+                wire = parse_wire_answer(generation.text, cuts=repairs)
                 schema_valid = True
                 raw_citations = len(wire.citations)
                 parsed, unknown = resolve_wire_answer(wire, sentences, passages)

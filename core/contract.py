@@ -44,6 +44,13 @@ MAX_QUOTE_CHARS = 400
 MAX_CITATIONS = 4
 
 
+def shorten(text: str, limit: int = MAX_ANSWER_CHARS) -> str:
+    """`text` cut to at most `limit` characters at a word boundary, ending in "…" when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
 class Status(StrEnum):
     answered = "answered"
     refused = "refused"

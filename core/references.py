@@ -38,6 +38,8 @@ from core.contract import (
     RefusalReason,
     Refused,
     parse_json_as,
+    shorten,
+    validate_as,
 )
 from core.prompt import (
     SYSTEM_PROMPT,
@@ -124,8 +126,20 @@ def wire_json_schema(sentences: Sequence[Sentence] | None = None, *, status: str
     return narrow(schema)  # json.loads made a fresh copy: nothing shared is changed
 
 
-def parse_wire_answer(text: str) -> WireAnswered | WireRefused | WireEscalated:
-    """The model's output as a wire answer; raises AnswerFormatError saying what is wrong."""
+def parse_wire_answer(text: str, *, cuts: list[str] | None = None) -> WireAnswered | WireRefused | WireEscalated:
+    """The model's output as a wire answer; raises AnswerFormatError saying what is wrong. Given
+    a `cuts` list, an answer text over MAX_ANSWER_CHARS is cut at a word boundary instead of
+    refused, and a line saying so is appended to it: the decoding grammar does not bound the
+    text's length (answer/grammar.py says why)."""
+    if cuts is not None:
+        try:
+            data = json.loads(text.strip())
+        except json.JSONDecodeError:
+            data = None
+        long = isinstance(data, dict) and isinstance(data.get("answer"), str) and len(data["answer"]) > MAX_ANSWER_CHARS
+        if long:
+            cuts.append(f"answer text cut from {len(data['answer'])} to at most {MAX_ANSWER_CHARS} characters")
+            return validate_as(_WIRE, {**data, "answer": shorten(data["answer"])})
     return parse_json_as(_WIRE, text)
 
 

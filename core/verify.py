@@ -11,13 +11,13 @@ import re
 from collections.abc import Sequence
 
 from core.contract import (
-    MAX_ANSWER_CHARS,
     MAX_CITATIONS,
     Answered,
     Citation,
     Escalated,
     Refused,
     refusal,
+    shorten,
 )
 from core.prompt import PromptPassage, number_sentences
 from core.references import fit_quote
@@ -54,10 +54,7 @@ def unsupported_facts(answer: Answered | Refused | Escalated) -> list[str]:
 
 def quoted_answer(answer: Answered) -> str:
     """The answer in the policy's own words: its quotes, joined, cut at a word boundary."""
-    text = " ".join(dict.fromkeys(c.quote for c in answer.citations))
-    if len(text) > MAX_ANSWER_CHARS:
-        text = text[: MAX_ANSWER_CHARS - 1].rsplit(" ", 1)[0] + "…"
-    return text
+    return shorten(" ".join(dict.fromkeys(c.quote for c in answer.citations)))
 
 
 def repair_answer(
