@@ -11,10 +11,10 @@ local backend compiles the same schema with the same settings.
 The grammar leaves out the schema's `maxLength` bounds (`decoding_schema`). xgrammar spells a
 string of at most 600 characters as 600 nested optional characters and precomputes a token mask
 for each: compiling one answered-shape grammar took 1,846 ms on one thread, against 12 ms without
-the bound (measured 2026-12-07, SmolLM2's 49k-token vocabulary). Every request has its own
-grammar (its citation enum, its decided status), so vLLM compiled one per request before it could
-decode its first token; that is most of why the merged adapter's single-user p50 went from 1.38 s
-to 2.26 s once vLLM took this grammar instead of `response_format`. The bound still holds: the
+the bound (measured 2026-12-07, SmolLM2's 49k-token vocabulary). vLLM caches compiled grammars
+by text, but each (decided status, sentence count) shape is a grammar of its own, and each new one
+was compiled before its request could decode a token: the gold eval (362 items) took 8 min 50 s
+with the bound and 7 min 21 s without, with the same outputs (README, issue 16). The bound still holds: the
 generation stops at `answer_max_tokens`, and the service cuts an over-long answer text at a word
 boundary (`core.references.parse_wire_answer(cuts=...)`, recorded as a repair).
 """

@@ -33,6 +33,7 @@ from core.contract import (
     MAX_CITATIONS,
     MAX_QUOTE_CHARS,
     Answered,
+    AnswerFormatError,
     Citation,
     Escalated,
     RefusalReason,
@@ -131,16 +132,17 @@ def parse_wire_answer(text: str, *, cuts: list[str] | None = None) -> WireAnswer
     a `cuts` list, an answer text over MAX_ANSWER_CHARS is cut at a word boundary instead of
     refused, and a line saying so is appended to it: the decoding grammar does not bound the
     text's length (answer/grammar.py says why)."""
-    if cuts is not None:
+    try:
+        return parse_json_as(_WIRE, text)
+    except AnswerFormatError:  # parsed again only on this rare path; a valid answer is parsed once
         try:
-            data = json.loads(text.strip())
+            data = json.loads(text.strip()) if cuts is not None else None
         except json.JSONDecodeError:
             data = None
-        long = isinstance(data, dict) and isinstance(data.get("answer"), str) and len(data["answer"]) > MAX_ANSWER_CHARS
-        if long:
-            cuts.append(f"answer text cut from {len(data['answer'])} to at most {MAX_ANSWER_CHARS} characters")
-            return validate_as(_WIRE, {**data, "answer": shorten(data["answer"])})
-    return parse_json_as(_WIRE, text)
+        if not (isinstance(data, dict) and isinstance(data.get("answer"), str) and len(data["answer"]) > MAX_ANSWER_CHARS):
+            raise
+    cuts.append(f"answer text cut from {len(data['answer'])} to at most {MAX_ANSWER_CHARS} characters")
+    return validate_as(_WIRE, {**data, "answer": shorten(data["answer"])})
 
 
 def render_wire(answer: WireAnswered | WireRefused | WireEscalated) -> str:
