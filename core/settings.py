@@ -102,6 +102,11 @@ class Settings(BaseSettings):
                     "their passages' words; greedy outputs are unchanged); 0, the default, turns it off: "
                     "measured faster for one request at a time, slower under 8 users (README)",
     )
+    vllm_merged_compile: bool = Field(
+        True, description="the merged adapter's server lets vLLM compile the model (~60 s more at each start, "
+                    "run-time LoRA answers meanwhile; 1.31x faster single-user answers than with --enable-lora); "
+                    "false: -O0, starts as fast as the LoRA server and is 1.17x faster (answer/vllm_server.py)",
+    )
     vllm_api_key: SecretStr | None = None
     service_torch_threads: int = Field(
         1, ge=0, description="torch threads of the answer service's own work (query and sentence embedding) when "

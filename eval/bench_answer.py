@@ -151,7 +151,9 @@ def bench_backend(backend: str, settings: Settings, *, single: int, users: int, 
             warm = _ask(client, keys, *QUESTIONS[0])  # warm-up, not counted
             deadline = time.perf_counter() + settings.vllm_start_timeout_s + 120
             while backend == "vllm" and adapter and not warm["merged"] and time.perf_counter() < deadline:
-                time.sleep(2)  # the merged server starts in the background: measure what it serves
+                # the merged server starts in the background (its compile ~60 s idle): measure what
+                # it serves; ask rarely, since each answer meanwhile slows the compile on 2 cores
+                time.sleep(15)
                 warm = _ask(client, keys, *QUESTIONS[0])
             merged_s = time.perf_counter() - started_at if backend == "vllm" and adapter else None
             if console:

@@ -42,7 +42,7 @@ def _measure(settings: Settings, model_dir: Path, adapter, prompts, *, label: st
     from answer.vllm_server import VllmServer, free_port
     from core.references import wire_json_schema
 
-    server = VllmServer(model_dir, settings, port=free_port(), restart=False,
+    server = VllmServer(model_dir, settings, port=free_port(), restart=False, lora=label != "merged",
                         log_path=settings.data_dir / "logs" / f"bench-decode-{label}.log")
     started = time.perf_counter()
     server.start()
