@@ -16,7 +16,9 @@ by text, but each (decided status, sentence count) shape is a grammar of its own
 was compiled before its request could decode a token: the gold eval (362 items) took 8 min 50 s
 with the bound and 7 min 21 s without, with the same outputs (README, issue 16). The bound still holds: the
 generation stops at `answer_max_tokens`, and the service cuts an over-long answer text at a word
-boundary (`core.references.parse_wire_answer(cuts=...)`, recorded as a repair).
+boundary (`core.references.parse_wire_answer(cuts=...)`, recorded as a repair). An output that the
+token limit stops inside its answer text (a model repeating itself; with the bound the grammar
+closed the string at 600 characters) is closed there, at its last whole word, in the same way.
 """
 
 from __future__ import annotations

@@ -131,18 +131,53 @@ def parse_wire_answer(text: str, *, cuts: list[str] | None = None) -> WireAnswer
     """The model's output as a wire answer; raises AnswerFormatError saying what is wrong. Given
     a `cuts` list, an answer text over MAX_ANSWER_CHARS is cut at a word boundary instead of
     refused, and a line saying so is appended to it: the decoding grammar does not bound the
-    text's length (answer/grammar.py says why)."""
+    text's length (answer/grammar.py says why). That includes an output that stopped at
+    max_tokens inside its answer text (a model repeating itself), which is closed there."""
     try:
         return parse_json_as(_WIRE, text)
     except AnswerFormatError:  # parsed again only on this rare path; a valid answer is parsed once
-        try:
-            data = json.loads(text.strip()) if cuts is not None else None
-        except json.JSONDecodeError:
-            data = None
-        if not (isinstance(data, dict) and isinstance(data.get("answer"), str) and len(data["answer"]) > MAX_ANSWER_CHARS):
+        if cuts is None:
             raise
-    cuts.append(f"answer text cut from {len(data['answer'])} to at most {MAX_ANSWER_CHARS} characters")
-    return validate_as(_WIRE, {**data, "answer": shorten(data["answer"])})
+        try:
+            data = json.loads(text.strip())
+        except json.JSONDecodeError:
+            data = _stopped_in_answer(text.strip())
+        stopped = isinstance(data, dict) and data.pop("_stopped", False)
+        if not (isinstance(data, dict) and isinstance(data.get("answer"), str)
+                and (stopped or len(data["answer"]) > MAX_ANSWER_CHARS)):
+            raise
+    answer = data["answer"]
+    if stopped:  # the last word may be partial: end at the last whole one
+        cut = shorten(answer) if len(answer) > MAX_ANSWER_CHARS else answer.rstrip().rsplit(" ", 1)[0] + "…"
+        cuts.append(f"output stopped at the token limit inside its answer text ({len(answer)} characters); "
+                    f"closed at a word boundary")
+    else:
+        cut = shorten(answer)
+        cuts.append(f"answer text cut from {len(answer)} to at most {MAX_ANSWER_CHARS} characters")
+    return validate_as(_WIRE, {**data, "answer": cut})
+
+
+_ANSWER_KEY = ', "answer": "'  # what precedes the answer text in the wire format's key order
+
+
+def _stopped_in_answer(text: str) -> dict[str, Any] | None:
+    """The fields of an output that ended inside its answer string (`{"status": ..., "citations":
+    [...], "answer": "...` with no closing quote), the text so far as its answer, or None."""
+    at = text.find(_ANSWER_KEY)
+    if at < 0:
+        return None
+    try:
+        head = json.loads(text[:at] + "}")
+    except json.JSONDecodeError:
+        return None
+    partial = text[at + len(_ANSWER_KEY):]
+    for trim in range(min(6, len(partial)) + 1):  # a cut escape sequence ("\", "\u20") is dropped
+        try:
+            answer = json.loads('"' + partial[: len(partial) - trim] + '"')
+        except json.JSONDecodeError:
+            continue
+        return {**head, "answer": answer, "_stopped": True} if isinstance(head, dict) and answer.strip() else None
+    return None
 
 
 def render_wire(answer: WireAnswered | WireRefused | WireEscalated) -> str:

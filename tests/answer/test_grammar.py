@@ -13,6 +13,7 @@ from core.contract import MAX_ANSWER_CHARS, AnswerFormatError
 from core.prompt import PromptPassage, number_sentences
 from core.references import (
     WireAnswered,
+    WireEscalated,
     parse_wire_answer,
     render_wire,
     wire_json_schema,
@@ -71,3 +72,35 @@ def test_an_over_long_answer_is_cut_at_a_word_boundary_and_said_so():
     assert cuts == [f"answer text cut from 1000 to at most {MAX_ANSWER_CHARS} characters"]
     with pytest.raises(AnswerFormatError):  # a cut never rescues another fault
         parse_wire_answer(long.replace('"answered"', '"maybe"'), cuts=[])
+
+
+def test_an_output_stopped_at_the_token_limit_inside_its_answer_is_closed_at_a_word_boundary():
+    """Found on CUAD (run 20261207T164106-618365): a model repeating itself ran to max_tokens
+    inside the answer string; without the grammar's length bound that was unparseable, so the
+    service refused. It is now closed at its last whole word, with its citations, and said so."""
+    full = render_wire(WireAnswered(status="answered", citations=["s5", "s6"], answer="x"))
+    head = full[: full.index('"answer": "') + len('"answer": "')]
+    for body, expected in [
+        ("to make, have made, use, reproduce, reprodu", "to make, have made, use, reproduce,…"),
+        ("reproduce, " * 120 + "repr", None),  # over MAX_ANSWER_CHARS: cut to the bound
+        ('the \\"Licensed Product\\" and \\u20', 'the "Licensed Product"…'),  # a cut escape; "and" may be partial
+    ]:
+        text = head + body
+        with pytest.raises(AnswerFormatError):
+            parse_wire_answer(text)  # without `cuts` nothing is rescued
+        cuts: list[str] = []
+        wire = parse_wire_answer(text, cuts=cuts)
+        assert wire.status == "answered" and wire.citations == ["s5", "s6"]
+        assert len(wire.answer) <= MAX_ANSWER_CHARS and wire.answer.endswith("…")
+        if expected is not None:
+            assert wire.answer == expected
+        else:
+            assert set(wire.answer[:-1].replace(",", "").split()) == {"reproduce"}
+        assert len(cuts) == 1 and "token limit" in cuts[0]
+    escalate = render_wire(WireEscalated(status="escalate", citations=["s1"], answer="x"))
+    wire = parse_wire_answer(escalate[: escalate.index('"answer": "') + 11] + "Please talk to", cuts=[])
+    assert wire.status == "escalate" and wire.answer == "Please talk…"
+    for broken in ['{"status": "answered", "citations": ["s1"', '{"status": "maybe", "citations": ["s1"], "answer": "Yes it',
+                   '{"status": "answered", "citations": ["s1"], "answer": "', 'not json at all']:
+        with pytest.raises(AnswerFormatError):  # nothing to close, or another fault: refused as before
+            parse_wire_answer(broken, cuts=[])
