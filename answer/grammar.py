@@ -14,8 +14,8 @@ for each: compiling one answered-shape grammar took 1,846 ms on one thread, agai
 the bound (measured 2026-12-07, SmolLM2's 49k-token vocabulary). vLLM caches compiled grammars
 by text, but each (decided status, sentence count) shape is a grammar of its own, and each new one
 was compiled before its request could decode a token: the gold eval (362 items) took 8 min 50 s
-with the bound and 7 min 21 s without, with the same outputs (README, issue 16). The bound still holds: the
-generation stops at `answer_max_tokens`, and the service cuts an over-long answer text at a word
+with the bound and 7 min 21 s without, with the same outputs (README, issue 16). The bound still
+holds: the generation stops at `answer_max_tokens`, and the service cuts an over-long answer text at a word
 boundary (`core.references.parse_wire_answer(cuts=...)`, recorded as a repair). An output that the
 token limit stops inside its answer text (a model repeating itself; with the bound the grammar
 closed the string at 600 characters) is closed there, at its last whole word, in the same way.

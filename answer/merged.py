@@ -10,8 +10,8 @@ once it is ready and everything else (the base model, `eval --adapter vN`, A/B) 
 Promotion and rollback keep answering throughout: the new version is served through run-time LoRA
 at once, its merged server is exported and started in the background (for 135M on 2 idle cores:
 8 s export, ~90 s start, of which ~60 s is vLLM compiling the model, since this server is started
-without `--enable-lora`: answer/vllm_server.py), requests switch to it when it serves, and the previous merged server is stopped after
-the switch. A merged server that fails mid-request is bypassed for that request (LoRA answers);
+without `--enable-lora`: answer/vllm_server.py), requests switch to it when it serves, and the
+previous merged server is stopped after the switch. A merged server that fails mid-request is bypassed for that request (LoRA answers);
 its supervisor restarts it. `POLICYRAG_SERVE_MERGED=false` serves run-time LoRA only.
 """
 

@@ -139,10 +139,9 @@ def parse_wire_answer(text: str, *, cuts: list[str] | None = None) -> WireAnswer
         if cuts is None:
             raise
         try:
-            data = json.loads(text.strip())
+            data, stopped = json.loads(text.strip()), False
         except json.JSONDecodeError:
-            data = _stopped_in_answer(text.strip())
-        stopped = isinstance(data, dict) and data.pop("_stopped", False)
+            data, stopped = _stopped_in_answer(text.strip()), True
         if not (isinstance(data, dict) and isinstance(data.get("answer"), str)
                 and (stopped or len(data["answer"]) > MAX_ANSWER_CHARS)):
             raise
@@ -170,13 +169,15 @@ def _stopped_in_answer(text: str) -> dict[str, Any] | None:
         head = json.loads(text[:at] + "}")
     except json.JSONDecodeError:
         return None
+    if not isinstance(head, dict):
+        return None
     partial = text[at + len(_ANSWER_KEY):]
     for trim in range(min(6, len(partial)) + 1):  # a cut escape sequence ("\", "\u20") is dropped
         try:
             answer = json.loads('"' + partial[: len(partial) - trim] + '"')
         except json.JSONDecodeError:
             continue
-        return {**head, "answer": answer, "_stopped": True} if isinstance(head, dict) and answer.strip() else None
+        return {**head, "answer": answer} if answer.strip() else None
     return None
 
 
