@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.errors import ConfigError, DocumentRejected
 from core.settings import Settings
+from ingest.ahead import map_ahead
 from ingest.chunking import chunk_document
 from ingest.disk_space import ensure_free_space
 from ingest.documents import Chunk, LoadedDocument, PiiReport
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 _POINT_NS = uuid.UUID("6f1c2b1e-94a4-4c55-9a51-6a1d1f3f0a11")
 _BATCH_CHUNKS = 256  # chunks embedded and written per store/manifest transaction
+_SCRUB_AHEAD_DOCS = 64  # documents scrubbed and chunked ahead of the batch being embedded
 # a point's dense vector, sparse vector and index entries, beyond its text (payload, WAL, sparse)
 _POINT_OVERHEAD_BYTES = 16 * 1024
 
@@ -75,6 +77,7 @@ class Ingestor:
             dtype=settings.embedding_dtype,
             backend="openvino",
             cache_dir=settings.models_dir,
+            streams=settings.ingest_embed_streams,
         )
         self.scrubber = scrubber or PiiScrubber.from_settings(settings)
         self._sparse: SparseEncoder | None = None
@@ -147,32 +150,31 @@ class Ingestor:
         batch_chunks = 0
         if progress:
             progress(0, total, "")
-        for item in work:
+
+        def prepare(item: Work) -> tuple[Work, list[Chunk], PiiReport, LoadedDocument | None]:
             if item.new is None:
-                batch.append((item, [], PiiReport(), None))
-            else:
-                t0 = time.perf_counter()
-                scrubbed, pii = self.scrubber.scrub(item.new.text, extra_allow=allow_extra)
-                report.timed("pii", t0)
-                doc = replace(item.new, text=scrubbed)
-                t0 = time.perf_counter()
-                chunks = chunk_document(
-                    doc.meta.id,
-                    doc.meta.version,
-                    doc.meta.title,
-                    doc.text,
-                    max_chars=self.settings.chunk_max_chars,
+                return item, [], PiiReport(), None
+            t0 = time.perf_counter()
+            scrubbed, pii = self.scrubber.scrub(item.new.text, extra_allow=allow_extra)
+            report.timed("pii", t0)
+            doc = replace(item.new, text=scrubbed)
+            t0 = time.perf_counter()
+            chunks = chunk_document(
+                doc.meta.id, doc.meta.version, doc.meta.title, doc.text,
+                max_chars=self.settings.chunk_max_chars,
+            )
+            report.timed("chunk", t0)
+            return item, chunks, pii, doc
+
+        # scrubbing runs in a thread, ahead of the embedding of the batch before (ingest/ahead.py)
+        for item, chunks, pii, doc in map_ahead(prepare, work, depth=_SCRUB_AHEAD_DOCS):
+            if doc is not None and not chunks:  # e.g. only headings: refuse, not index it empty
+                report.rejected.append(
+                    DocumentRejected(doc.path, "no_text", "no indexable text (only headings?); add content")
                 )
-                report.timed("chunk", t0)
-                if not chunks:  # e.g. only headings: refuse rather than index an empty document
-                    report.rejected.append(
-                        DocumentRejected(
-                            doc.path, "no_text", "no indexable text (only headings?); add content"
-                        )
-                    )
-                    continue
-                batch.append((item, chunks, pii, doc))
-                batch_chunks += len(chunks)
+                continue
+            batch.append((item, chunks, pii, doc))
+            batch_chunks += len(chunks)
             if batch_chunks >= _BATCH_CHUNKS:
                 done += len(batch)
                 self._apply(batch, report)

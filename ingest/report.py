@@ -24,6 +24,8 @@ class IngestReport:
     embed_calls: int = 0
     texts_embedded: int = 0
     seconds: float = 0.0
+    # time spent in each stage; "pii" and "chunk" run in a thread beside "embed_dense" (each key is
+    # only ever written from one thread), so the stages can add up to more than `seconds`
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def timed(self, stage: str, started: float) -> None:

@@ -44,6 +44,7 @@ class DenseEmbedder:
         dtype: str = "auto",
         backend: Literal["torch", "openvino"] = "torch",
         cache_dir: Path | None = None,
+        streams: int = 0,
     ) -> None:
         if backend == "openvino" and cache_dir is None:
             raise ConfigError("backend='openvino' needs cache_dir (where the converted model is kept)")
@@ -52,6 +53,7 @@ class DenseEmbedder:
         self.dtype = resolve_dtype(dtype)
         self.backend = backend
         self.cache_dir = cache_dir
+        self.streams = streams  # OpenVINO only: batches in flight, one thread each; 0 = one per core
         self.calls = 0
         self.texts_embedded = 0
         self._model = None
@@ -110,7 +112,9 @@ class DenseEmbedder:
                 from retrieval.embed_openvino import OpenVinoEncoder
 
                 logger.info("loading embedding model from %s (OpenVINO)", self.model_path)
-                self._openvino = OpenVinoEncoder(self.model_path, self.cache_dir, precision=self.dtype)
+                self._openvino = OpenVinoEncoder(
+                    self.model_path, self.cache_dir, precision=self.dtype, streams=self.streams
+                )
         return self._openvino
 
 

@@ -36,10 +36,15 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 class OpenVinoEncoder:
     """Usage: `OpenVinoEncoder(model_path, cache_dir, precision="bfloat16").encode(texts,
-    batch_size=32)` -> float32 array of unit-length rows, in the order of `texts`. One inference
-    request, used by one thread at a time."""
+    batch_size=32)` -> float32 array of unit-length rows, in the order of `texts`. Used by one
+    thread at a time.
 
-    def __init__(self, model_path: Path, cache_dir: Path, *, precision: str):
+    Batches run as independent OpenVINO streams (the THROUGHPUT hint), one thread each, `streams`
+    of them in flight (default: one per core). Ingest scrubs PII in a thread beside the embedding
+    (ingest/ahead.py); streams keep working when that thread takes a core, where the LATENCY
+    hint's threads wait for each other on every layer (measured: README, Ingest speed)."""
+
+    def __init__(self, model_path: Path, cache_dir: Path, *, precision: str, streams: int = 0):
         import openvino as ov
         from tokenizers import Tokenizer
 
@@ -48,10 +53,12 @@ class OpenVinoEncoder:
         self.tokenizer.enable_truncation(max_length=max_len)
         self.tokenizer.no_padding()  # padded here, to a multiple of _PAD_MULTIPLE
         self.pad_id = self.tokenizer.token_to_id("[PAD]")
+        streams = streams or os.cpu_count() or 1
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY"}
-        xml = converted_model(model_path, cache_dir)
-        self.request = ov.Core().compile_model(str(xml), "CPU", config).create_infer_request()
+                  "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams,
+                  "INFERENCE_NUM_THREADS": streams}
+        compiled = ov.Core().compile_model(str(converted_model(model_path, cache_dir)), "CPU", config)
+        self.queue = ov.AsyncInferQueue(compiled, streams)
         self._lock = threading.Lock()
 
     def encode(self, texts: list[str], *, batch_size: int) -> np.ndarray:
@@ -62,6 +69,19 @@ class OpenVinoEncoder:
         encodings = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         out = np.empty((len(texts), 384), dtype=np.float32)
+        failures: list[BaseException] = []
+
+        def done(request, job: tuple[list[int], np.ndarray]) -> None:  # on OpenVINO's thread
+            rows, mask = job
+            try:  # mean over real tokens, then unit length, as sentence-transformers' Pooling+Normalize
+                hidden = request.get_output_tensor(0).data
+                weights = mask[..., None].astype(np.float32)
+                pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+                out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            except BaseException as exc:  # raised below, in the caller's thread
+                failures.append(exc)
+
+        self.queue.set_callback(done)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             width = -(-len(encodings[rows[0]].ids) // _PAD_MULTIPLE) * _PAD_MULTIPLE
@@ -70,11 +90,10 @@ class OpenVinoEncoder:
             for r, i in enumerate(rows):
                 n = len(encodings[i].ids)
                 ids[r, :n], mask[r, :n] = encodings[i].ids, 1
-            hidden = self.request.infer(dict(zip(_INPUTS, (ids, mask, np.zeros_like(ids)))))[0]
-            # mean over real tokens, then unit length, as sentence-transformers' Pooling+Normalize
-            weights = mask[..., None].astype(np.float32)
-            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-            out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            self.queue.start_async(dict(zip(_INPUTS, (ids, mask, np.zeros_like(ids)))), (rows, mask))
+        self.queue.wait_all()
+        if failures:
+            raise failures[0]
         return out
 
 

@@ -76,3 +76,16 @@ def test_openvino_model_is_converted_once_and_reused(openvino):
     again = DenseEmbedder(openvino.model_path, backend="openvino", cache_dir=openvino.cache_dir)
     assert again.embed(["Carry over up to 8 days."]) == openvino.embed(["Carry over up to 8 days."])
     assert (folder / "model.bin").stat().st_mtime_ns == built
+
+
+@pytest.mark.slow
+def test_openvino_streams_in_flight_return_each_vector_in_its_row(openvino):
+    # batches finish out of order across streams; each row must still be its own text's vector
+    texts = list(dict.fromkeys(_policy_paragraphs()))[:200]  # distinct, so a row mix-up shows
+    one = DenseEmbedder(openvino.model_path, backend="openvino", cache_dir=openvino.cache_dir,
+                        batch_size=8, streams=1)
+    four = DenseEmbedder(openvino.model_path, backend="openvino", cache_dir=openvino.cache_dir,
+                         batch_size=8, streams=4)
+    a, b = np.array(one.embed(texts)), np.array(four.embed(texts))
+    assert (a * b).sum(axis=1).min() >= 0.9999
+    assert np.array_equal(np.argmax(b @ a.T, axis=1), np.arange(len(texts)))
