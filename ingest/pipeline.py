@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,21 +167,24 @@ class Ingestor:
             report.timed("chunk", t0)
             return item, chunks, pii, doc
 
-        # scrubbing runs in a thread, ahead of the embedding of the batch before (ingest/ahead.py)
-        for item, chunks, pii, doc in map_ahead(prepare, work, depth=_SCRUB_AHEAD_DOCS):
-            if doc is not None and not chunks:  # e.g. only headings: refuse, not index it empty
-                report.rejected.append(
-                    DocumentRejected(doc.path, "no_text", "no indexable text (only headings?); add content")
-                )
-                continue
-            batch.append((item, chunks, pii, doc))
-            batch_chunks += len(chunks)
-            if batch_chunks >= _BATCH_CHUNKS:
-                done += len(batch)
-                self._apply(batch, report)
-                batch, batch_chunks = [], 0
-                if progress:
-                    progress(done, total, item.doc_id)
+        # scrubbing runs in a thread, ahead of the embedding of the batch before (ingest/ahead.py);
+        # closed explicitly on the way out, so an error in `_apply` stops it at once rather than
+        # when the last reference to the iterator goes (≤ 64 queued documents scrubbed for nothing)
+        with closing(map_ahead(prepare, work, depth=_SCRUB_AHEAD_DOCS)) as prepared:
+            for item, chunks, pii, doc in prepared:
+                if doc is not None and not chunks:  # e.g. only headings: refuse, not index it empty
+                    report.rejected.append(
+                        DocumentRejected(doc.path, "no_text", "no indexable text (only headings?); add content")
+                    )
+                    continue
+                batch.append((item, chunks, pii, doc))
+                batch_chunks += len(chunks)
+                if batch_chunks >= _BATCH_CHUNKS:
+                    done += len(batch)
+                    self._apply(batch, report)
+                    batch, batch_chunks = [], 0
+                    if progress:
+                        progress(done, total, item.doc_id)
         if batch:
             done += len(batch)
             self._apply(batch, report)

@@ -36,7 +36,7 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 class OpenVinoEncoder:
     """Usage: `OpenVinoEncoder(model_path, cache_dir, precision="bfloat16").encode(texts,
-    batch_size=32)` -> float32 array of unit-length rows, in the order of `texts`. Used by one
+    batch_size=8)` -> float32 array of unit-length rows, in the order of `texts`. Used by one
     thread at a time.
 
     Batches run as independent OpenVINO streams (the THROUGHPUT hint), one thread each, `streams`

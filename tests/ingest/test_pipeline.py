@@ -1,6 +1,7 @@
 """The ingest run against the real stores (Qdrant Edge and qdrant-client in-process)."""
 
 import datetime as dt
+import time
 
 import pytest
 
@@ -340,3 +341,35 @@ def test_access_comes_from_the_sidecar_never_from_the_documents_own_front_matter
     rejected = {r.path: r for r in report.rejected}
     assert rejected["bonus.md"].reason == "access_conflict" and "groups" in rejected["bonus.md"].message
     assert "memo@v1" in report.added  # a sidecar alone still works
+
+
+def test_an_error_while_storing_stops_the_scrubbing_ahead_at_once(tmp_path, make_ingestor):
+    """The scrub thread runs up to 64 documents ahead; when a batch fails to store (disk full, a
+    store error) the documents queued behind it are not scrubbed for nothing."""
+    root = tmp_path / "docs"
+    for i in range(120):
+        body = "\n\n".join(f"## {s}. Rule {s}\n\nRule {s} of policy {i} applies to every employee." for s in range(1, 7))
+        write_policy(root, f"p{i}.md", doc_id=f"p{i}", body=body)
+    ing = make_ingestor()
+    real_scrub, scrubbed = ing.scrubber.scrub, []
+
+    def counting_scrub(text, **kwargs):
+        scrubbed.append(1)
+        return real_scrub(text, **kwargs)
+
+    at_failure = []
+
+    def failing_apply(batch, report):
+        at_failure.append(len(scrubbed))
+        raise OSError("no space left on device")
+
+    ing.scrubber.scrub = counting_scrub
+    ing._apply = failing_apply
+    try:
+        with pytest.raises(OSError, match="no space"):
+            ing.run(root)
+        time.sleep(1.0)  # long enough for the thread to scrub several more, were it still running
+        assert at_failure and at_failure[0] < 120
+        assert len(scrubbed) <= at_failure[0] + 1  # at most the call already running finished
+    finally:
+        del ing.scrubber.scrub  # the scrubber is shared by the session's tests
