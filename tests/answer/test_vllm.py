@@ -227,6 +227,17 @@ def test_the_embedded_server_refuses_requests_without_its_per_start_key(server):
     assert keyed.status_code == 200
 
 
+def test_the_embedded_server_runs_a_model_thread_on_each_core(server):
+    """vLLM's own binding keeps a core for its scheduler: on 2 cores, one model thread."""
+    import re
+
+    from answer.vllm_server import one_cpu_per_core
+
+    bound = re.findall(r"local_rank=0, core ids=\[([0-9, ]*)\]", server.log_path.read_text(errors="replace"))
+    assert bound, f"no thread binding in {server.log_path}"
+    assert [int(c) for c in bound[-1].split(",")] == one_cpu_per_core()
+
+
 def test_constrained_answers_on_vllm_allow_no_free_whitespace(server, base_model_dir):
     """v9 on vLLM once wrote 320 tokens of tabs inside a constrained answer (eval run
     20261130T062900-294a1d): vLLM's json_schema path allows any whitespace between JSON tokens.
