@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # store: Qdrant Edge under data_dir unless a Qdrant server/cluster URL is given
     store_url: str | None = Field(None, description="e.g. http://qdrant:6333; unset = Qdrant Edge")
     store_api_key: str | None = None
+    store_optimize_min_points: int = Field(
+        50_000, ge=0, description="an ingest run ends by building the HNSW index (Qdrant Edge) once this many "
+        "points lack it; below, exhaustive search is as fast (README, Retrieval). 0 = never",
+    )
     collection: str = "policies"
     # Qdrant cluster layout: used only when this process creates the collection on a server or
     # cluster (store_url set); unset = the server's default. An existing collection keeps its own.

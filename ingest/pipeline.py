@@ -191,6 +191,12 @@ class Ingestor:
             if progress:
                 progress(done, total, "")
         self.store.flush()
+        threshold = self.settings.store_optimize_min_points
+        if threshold and self.store.unindexed() >= threshold:
+            t0 = time.perf_counter()
+            logger.info("building the index's HNSW for %d points", self.store.unindexed())
+            self.store.optimize()
+            report.timed("optimize", t0)
         report.embed_calls = self.embedder.calls - calls_before
         report.texts_embedded = self.embedder.texts_embedded - texts_before
         report.seconds = time.perf_counter() - started

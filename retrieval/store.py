@@ -126,6 +126,14 @@ class Store(Protocol):
 
     def flush(self) -> None: ...
 
+    def unindexed(self) -> int:
+        """Points whose dense vector no HNSW index holds yet (searched exhaustively)."""
+        ...
+
+    def optimize(self) -> None:
+        """Build the indexes that `unindexed` counts; blocking."""
+        ...
+
     def close(self) -> None: ...
 
 

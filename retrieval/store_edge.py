@@ -162,6 +162,21 @@ class EdgeStore:
     def flush(self) -> None:
         self.shard.flush()
 
+    @store_boundary
+    def unindexed(self) -> int:
+        # Edge counts one indexed vector per point for the sparse vectors (always indexed) and one
+        # more per point once the dense vectors sit in an HNSW segment (tests/retrieval/test_store_optimize.py)
+        info = self.shard.info()
+        return max(0, 2 * info.points_count - info.indexed_vectors_count)
+
+    @store_boundary
+    def optimize(self) -> None:
+        """Qdrant Edge never optimizes by itself: without this every point stays in the appendable
+        segment, searched exhaustively (100k chunks, broad filter: hybrid p50 9.8 ms, 2.3 ms
+        once optimized; README, Retrieval). The binding holds the GIL throughout (~47 s at 100k
+        on 2 cores), so only ingest calls it, never a serving process."""
+        self.shard.optimize()
+
     def close(self) -> None:
         if getattr(self, "shard", None) is not None:
             self.shard.flush()

@@ -201,5 +201,12 @@ class ServerStore:
     def flush(self) -> None:
         """Server writes are acknowledged with wait=True; nothing to flush."""
 
+    def unindexed(self) -> int:
+        """A Qdrant server runs its own optimizers (and local mode has no HNSW): nothing to do."""
+        return 0
+
+    def optimize(self) -> None:
+        """See `unindexed`."""
+
     def close(self) -> None:
         self.client.close()
