@@ -192,9 +192,9 @@ class Ingestor:
                 progress(done, total, "")
         self.store.flush()
         threshold = self.settings.store_optimize_min_points
-        if threshold and self.store.unindexed() >= threshold:
+        if threshold and (unindexed := self.store.unindexed()) >= threshold:
             t0 = time.perf_counter()
-            logger.info("building the index's HNSW for %d points", self.store.unindexed())
+            logger.info("building the index's HNSW for %d points", unindexed)
             self.store.optimize()
             report.timed("optimize", t0)
         report.embed_calls = self.embedder.calls - calls_before
