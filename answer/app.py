@@ -158,7 +158,7 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
 
                 supervisor = VllmServer(model_dir, settings)
                 on_stage(f"starting the vLLM server on port {supervisor.port} (about a minute; log: {supervisor.log_path})")
-                supervisor.start()
+                supervisor.spawn()  # waited for below, once the merged server has been started beside it
                 url = supervisor.url
             if supervisor is not None:
                 key = supervisor.api_key
@@ -174,6 +174,19 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
     pipeline = AnswerPipeline(settings, retriever, backend, base_model=identity)
     if router is not None:
         router.promoted = pipeline.current_adapter
+        # the promoted adapter's merged server starts now, beside the run-time LoRA one, rather
+        # than after it: the two start-ups overlap (README, Answer speed: session 14)
         router.start()
+    if supervisor is not None:
+        try:
+            supervisor.await_ready()
+        except BaseException:
+            if router is not None:
+                router.close()  # its merged server too
+            else:
+                backend.close()
+            supervisor.stop()
+            retriever.store.close()  # the index's lock with it: a retry in this process can open it
+            raise
     auth = Authenticator(settings, lambda: retriever.directory)  # follows edits of the directory file
     return Service(settings=settings, pipeline=pipeline, auth=auth, supervisor=supervisor)

@@ -178,7 +178,16 @@ class VllmServer:
         log.close()
 
     def start(self) -> None:
+        self.spawn()
+        self.await_ready()
+
+    def spawn(self) -> None:
+        """Start the process and return at once; `await_ready()` waits for it (meanwhile the
+        service starts its merged server beside it, answer/app.py)."""
         self._spawn()
+
+    def await_ready(self) -> None:
+        """Wait until the spawned server serves, then supervise it (restart when it dies)."""
         self.wait_ready(self.settings.vllm_start_timeout_s)
         if self.restart and self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="vllm-watch", daemon=True)

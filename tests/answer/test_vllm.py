@@ -368,3 +368,31 @@ time.sleep(600)
     parent.wait()
     child.wait(timeout=10)  # raises TimeoutExpired if the child outlived its parent
     assert not child.is_running()
+
+
+def test_an_embedded_server_that_does_not_start_in_time_is_stopped_not_left_running(answer_data, embedder, tmp_path):
+    """build_service spawns the run-time LoRA server, starts the promoted adapter's merged server
+    beside it, then waits for the first; when that wait fails, both are stopped (and the index
+    closed), not left running behind the error."""
+    import psutil
+
+    from answer.app import build_service
+    from answer.backends import BackendUnavailable
+    from retrieval.store_factory import open_store
+
+    settings = Settings(data_dir=copy_data(answer_data, tmp_path / "data"), vllm_port=free_port(), vllm_kvcache_gb=1,
+                        vllm_merged_compile=False, vllm_start_timeout_s=2.0)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    with pytest.raises(BackendUnavailable, match="did not start within 2 s"):
+        build_service(settings, embedder=embedder)
+
+    def left():
+        return [p for p in me.children(recursive=True)
+                if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    deadline = time.monotonic() + 60  # a merged start already under way ends within its own 2 s wait
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left(), [p.cmdline()[:3] for p in left()]
+    open_store(settings).close()  # the index was closed: it opens again in this process
