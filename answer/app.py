@@ -177,16 +177,14 @@ def build_service(settings: Settings, *, backend: Backend | None = None, embedde
         # the promoted adapter's merged server starts now, beside the run-time LoRA one, rather
         # than after it: the two start-ups overlap (README, Answer speed: session 14)
         router.start()
+    auth = Authenticator(settings, lambda: retriever.directory)  # follows edits of the directory file
+    service = Service(settings=settings, pipeline=pipeline, auth=auth, supervisor=supervisor)
     if supervisor is not None:
         try:
             supervisor.await_ready()
         except BaseException:
-            if router is not None:
-                router.close()  # its merged server too
-            else:
-                backend.close()
-            supervisor.stop()
-            retriever.store.close()  # the index's lock with it: a retry in this process can open it
+            # both servers (the merged router is the backend) and the index's lock: a retry in
+            # this process can open it
+            service.close()
             raise
-    auth = Authenticator(settings, lambda: retriever.directory)  # follows edits of the directory file
-    return Service(settings=settings, pipeline=pipeline, auth=auth, supervisor=supervisor)
+    return service

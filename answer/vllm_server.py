@@ -166,7 +166,9 @@ class VllmServer:
         configured = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
         self.api_key = configured or secrets.token_urlsafe(32)
 
-    def _spawn(self) -> None:
+    def spawn(self) -> None:
+        """Start the process and return at once; `await_ready()` waits for it (meanwhile the
+        service starts its merged server beside it, answer/app.py)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = vllm_env(self.settings)
         env["VLLM_API_KEY"] = self.api_key
@@ -180,11 +182,6 @@ class VllmServer:
     def start(self) -> None:
         self.spawn()
         self.await_ready()
-
-    def spawn(self) -> None:
-        """Start the process and return at once; `await_ready()` waits for it (meanwhile the
-        service starts its merged server beside it, answer/app.py)."""
-        self._spawn()
 
     def await_ready(self) -> None:
         """Wait until the spawned server serves, then supervise it (restart when it dies)."""
@@ -229,7 +226,7 @@ class VllmServer:
             if self._stopping.wait(backoff):
                 return
             try:
-                self._spawn()
+                self.spawn()
                 self.wait_ready(self.settings.vllm_start_timeout_s)
                 self.restarts += 1
                 self.on_restart()
